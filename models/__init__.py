@@ -1,0 +1,8 @@
+"""Flax NNX decoder LMs (Llama / Qwen2 / Qwen3) with Hugging Face / GGUF loading."""
+
+from models.transformer import Decoder, DecoderConfig
+from models import sharding
+from models.loading import load_pretrained, save_pretrained, smollm2_gguf_path, from_hf_state_dict, to_hf_state_dict
+
+__all__ = ["Decoder", "DecoderConfig", "load_pretrained", "save_pretrained", "smollm2_gguf_path",
+           "from_hf_state_dict", "to_hf_state_dict", "sharding"]

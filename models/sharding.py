@@ -1,0 +1,100 @@
+"""Sharding a Decoder over a device mesh with axes ("data", "fsdp", "tensor").
+
+  mesh = make_mesh(data=2, fsdp=4)                 # 8 devices; tensor=1 by default
+  model = shard_model(model, mesh)                 # params placed with NamedSharding (in place)
+  tokens = jax.device_put(tokens, NamedSharding(mesh, BATCH_SPEC))
+
+Scheme (we place arrays explicitly: `nnx.state` + `jax.device_put`; no sharding
+annotations inside the module, so the module code stays single-device code and
+XLA's GSPMD propagates the layouts through jit):
+  * "fsdp": every matrix is split over its hidden dimension D (ZeRO-3 style); XLA
+    all-gathers a layer's weights inside the layer scan when it needs them.
+  * "tensor": Megatron-style where cheap: attention heads, the MLP hidden dim F and
+    the vocabulary are split (column-parallel in, row-parallel out).
+  * "data" (and "fsdp"): the batch axis, BATCH_SPEC = P(("data", "fsdp")).
+  The stacked layer axis L is never split. A dimension that an axis size does not
+  divide is left unsplit along that axis (e.g. 3 KV heads on tensor=2).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from models.transformer import Decoder, DecoderConfig, param_shapes
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+BATCH_SPEC = P(BATCH)
+
+# per-layer (without the leading L axis) logical specs
+_LAYER_SPECS = {
+    "attn_norm": P(None), "mlp_norm": P(None), "q_norm": P(None), "k_norm": P(None),
+    "wq": P("fsdp", "tensor", None), "wk": P("fsdp", "tensor", None), "wv": P("fsdp", "tensor", None),
+    "wo": P("tensor", None, "fsdp"),
+    "bq": P("tensor", None), "bk": P("tensor", None), "bv": P("tensor", None), "bo": P(None),
+    "w_gate": P("fsdp", "tensor"), "w_up": P("fsdp", "tensor"), "w_down": P("tensor", "fsdp"),
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+  """Mesh over `devices` (default all) with axes ("data","fsdp","tensor"); one size may be -1 (= the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError("make_mesh: at most one of data/fsdp/tensor may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"make_mesh: {len(devices)} devices not divisible by data*fsdp*tensor={known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  n = int(np.prod(sizes))
+  if n > len(devices):
+    raise ValueError(f"make_mesh: data*fsdp*tensor={n} but only {len(devices)} devices")
+  return Mesh(np.asarray(devices[:n]).reshape(sizes), AXES)
+
+
+def _fit(spec: P, shape, mesh: Mesh) -> P:
+  """Drops mesh axes from `spec` where they do not divide the dimension."""
+  out = []
+  for dim, ax in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if ax is None else (ax if isinstance(ax, tuple) else (ax,))
+    names = tuple(a for a in names if a in mesh.shape)
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    out.append(None if not names or dim % size else (names[0] if len(names) == 1 else names))
+  return P(*out)
+
+
+def param_partition_specs(cfg: DecoderConfig, mesh: Mesh) -> dict:
+  """-> pure dict {embed, layers: {name: P}, final_norm[, lm_head]} matching nnx.state(model, nnx.Param)."""
+  L, V, D = cfg.num_layers, cfg.vocab_size, cfg.hidden_size
+  specs = {"embed": _fit(P("tensor", "fsdp"), (V, D), mesh), "final_norm": P(None),
+           "layers": {n: _fit(P(None, *_LAYER_SPECS[n]), (L, *s), mesh) for n, s in param_shapes(cfg).items()}}
+  if not cfg.tie_embeddings:
+    specs["lm_head"] = _fit(P("fsdp", "tensor"), (D, V), mesh)
+  return specs
+
+
+def cache_partition_specs(cache: dict, mesh: Mesh) -> dict:
+  """KV-cache specs: batch over ("data","fsdp"), KV heads over "tensor" where they divide."""
+  k = cache["k"].shape
+  kv = _fit(P(None, BATCH, None, "tensor", None), k, mesh)
+  return {"k": kv, "v": kv, "valid": _fit(P(BATCH, None), cache["valid"].shape, mesh), "index": P()}
+
+
+def shard_model(model: Decoder, mesh: Mesh) -> Decoder:
+  """Places the model's parameters on `mesh` (in place; also returned)."""
+  specs = param_partition_specs(model.cfg, mesh)
+  state = nnx.state(model, nnx.Param)
+  pure = state.to_pure_dict()
+  placed = jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), pure, specs)
+  nnx.replace_by_pure_dict(state, placed)
+  nnx.update(model, state)
+  return model
+
+
+def shard_batch(x, mesh: Mesh):
+  """Puts an array [B, ...] on the mesh with the batch split over ("data","fsdp")."""
+  return jax.device_put(x, NamedSharding(mesh, _fit(BATCH_SPEC, x.shape, mesh)))

@@ -1,0 +1,457 @@
+"""A decoder-only transformer (Llama / Qwen2 / Qwen3 family) in Flax NNX.
+
+One file, one module. Parameters of the L layers are stored *stacked* (leading
+axis L) and the layers run under `jax.lax.scan`, so a 30-layer model compiles
+one layer body, remat is one `jax.checkpoint` around it, and the KV cache is a
+single [L, B, S, Hkv, Dh] array per K and V.
+
+Shapes: B batch, T new tokens, S cache slots, D hidden, H query heads,
+K kv heads (GQA groups G = H // K), Dh head dim, F MLP hidden, V vocab, L layers.
+
+Interface (docs/interfaces.md):
+  logits = model(tokens[B,T], positions=None, attention_mask=None)  -> f32 [B,T,V]
+  cache = model.init_cache(batch, max_len)
+  logits, cache = model.step(tokens[B,T], positions[B,T], cache, attention_mask=None)
+  logp, ent = model.token_logprobs(inputs[B,T], targets[B,T], ...)   -> f32 [B,T] x2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, never NaN.
+
+
+def _dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f"DecoderConfig dtype/param_dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+  return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Architecture + numerics of a decoder LM. Hashable (usable as a jit static arg)."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  # rope_scaling: tuple of sorted (key, value) items of HF's rope dict, e.g.
+  # (("factor", 8.0), ("rope_type", "llama3"), ...); () = plain RoPE.
+  rope_scaling: tuple = ()
+  rms_norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  qkv_bias: bool = False       # Qwen2 (and Llama attention_bias=True)
+  o_bias: bool = False         # Llama attention_bias=True
+  qk_norm: bool = False        # Qwen3
+  max_position_embeddings: int = 4096
+  model_type: str = "llama"    # "llama" | "qwen2" | "qwen3": used by save_pretrained
+  bos_token_id: int | None = None
+  eos_token_id: Any = None     # int or tuple of ints
+  dtype: str = "float32"       # compute dtype
+  param_dtype: str = "float32"
+  remat: bool = False          # jax.checkpoint each layer (training memory)
+
+  def __post_init__(self):
+    _dtype(self.dtype), _dtype(self.param_dtype)
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+    rt = self.rope_dict.get("rope_type", "default")
+    if rt not in ("default", "linear", "llama3", "yarn"):
+      raise ValueError(f"rope_scaling.rope_type={rt!r} not supported (default, linear, llama3, yarn)")
+
+  @property
+  def rope_dict(self) -> dict:
+    return dict(self.rope_scaling)
+
+  @classmethod
+  def from_hf(cls, hf_config, *, dtype: str = "float32", param_dtype: str | None = None,
+              remat: bool = False) -> "DecoderConfig":
+    """Builds a config from a transformers LlamaConfig / Qwen2Config / Qwen3Config (or its dict)."""
+    c = hf_config if not isinstance(hf_config, dict) else _Attr(hf_config)
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "rms_norm_eps"):
+      if getattr(c, key, None) is None and getattr(c, "model_type", None) in ("llama", "qwen2", "qwen3", "mistral"):
+        raise ValueError(f"config.json is missing key {key!r}")
+    mt = getattr(c, "model_type", None)
+    if mt not in ("llama", "qwen2", "qwen3", "mistral"):
+      raise ValueError(f"config.json model_type={mt!r} not supported (llama, qwen2, qwen3, mistral)")
+    act = getattr(c, "hidden_act", "silu")
+    if act != "silu":
+      raise ValueError(f"config.json hidden_act={act!r} not supported (silu)")
+    if getattr(c, "mlp_bias", False):
+      raise ValueError("config.json mlp_bias=True not supported")
+    if getattr(c, "use_sliding_window", False) or (mt == "mistral" and getattr(c, "sliding_window", None)):
+      raise ValueError("config.json sliding-window attention not supported")
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    old = getattr(c, "rope_scaling", None)  # transformers<5 configs / raw config.json dicts
+    if old and not rope.get("rope_type"):
+      rope.update(old)
+    rope_theta = float(rope.pop("rope_theta", None) or getattr(c, "rope_theta", None) or 10000.0)
+    if "type" in rope and "rope_type" not in rope:
+      rope["rope_type"] = rope.pop("type")
+    rope.pop("type", None)
+    if rope.get("rope_type", "default") == "default":
+      rope = {}
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+      raise ValueError("config.json partial_rotary_factor != 1 not supported")
+    rope.pop("partial_rotary_factor", None)
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    eos = getattr(c, "eos_token_id", None)
+    if isinstance(eos, list):
+      eos = tuple(eos)
+    attn_bias = bool(getattr(c, "attention_bias", False))
+    return cls(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_layers=c.num_hidden_layers, num_heads=heads,
+        num_kv_heads=getattr(c, "num_key_value_heads", None) or heads, head_dim=head_dim,
+        rope_theta=rope_theta, rope_scaling=tuple(sorted(rope.items())),
+        rms_norm_eps=float(c.rms_norm_eps), tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        qkv_bias=(mt == "qwen2") or attn_bias, o_bias=(mt != "qwen2") and attn_bias,
+        qk_norm=(mt == "qwen3"), max_position_embeddings=int(getattr(c, "max_position_embeddings", 4096)),
+        model_type=mt, bos_token_id=getattr(c, "bos_token_id", None), eos_token_id=eos,
+        dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+
+  def to_hf_dict(self) -> dict:
+    """config.json contents for transformers (inverse of from_hf)."""
+    mt = self.model_type
+    ok = {"llama": self.qkv_bias == self.o_bias and not self.qk_norm,
+          "mistral": not (self.qkv_bias or self.o_bias or self.qk_norm),
+          "qwen2": self.qkv_bias and not (self.o_bias or self.qk_norm),
+          "qwen3": self.qk_norm and not (self.qkv_bias or self.o_bias)}.get(mt, False)
+    if not ok:
+      raise ValueError(f"DecoderConfig(model_type={mt!r}, qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "
+                       f"qk_norm={self.qk_norm}) has no transformers equivalent; set model_type accordingly")
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+            "mistral": "MistralForCausalLM"}[self.model_type]
+    rope = {"rope_type": "default", **self.rope_dict, "rope_theta": self.rope_theta}
+    d = dict(
+        architectures=[arch], model_type=self.model_type, vocab_size=self.vocab_size,
+        hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+        num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+        num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim, hidden_act="silu",
+        rms_norm_eps=self.rms_norm_eps, tie_word_embeddings=self.tie_embeddings,
+        max_position_embeddings=self.max_position_embeddings, rope_theta=self.rope_theta,
+        rope_parameters=rope, rope_scaling=None if rope["rope_type"] == "default" else rope,
+        bos_token_id=self.bos_token_id,
+        eos_token_id=list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+        torch_dtype=self.param_dtype, dtype=self.param_dtype, use_cache=True)
+    if self.model_type == "llama":
+      d.update(attention_bias=self.qkv_bias, mlp_bias=False)
+    if self.model_type == "qwen3":
+      d.update(attention_bias=False)
+    if self.model_type in ("qwen2", "qwen3"):
+      d.update(use_sliding_window=False, sliding_window=None)
+    return d
+
+
+class _Attr:
+  def __init__(self, d):
+    self.__dict__.update(d)
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+def rope_inv_freq(cfg: DecoderConfig) -> tuple[np.ndarray, float]:
+  """-> (inv_freq f32 [Dh/2], attention_factor) following HF's rope_type formulas."""
+  dim, base, r = cfg.head_dim, cfg.rope_theta, cfg.rope_dict
+  exps = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+  inv = (1.0 / (np.float32(base) ** exps)).astype(np.float32)
+  rt, scale = r.get("rope_type", "default"), 1.0
+  if rt == "linear":
+    inv = inv / np.float32(r["factor"])
+  elif rt == "llama3":
+    f, lo, hi, old = r["factor"], r["low_freq_factor"], r["high_freq_factor"], r["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    out = np.where(wavelen > old / lo, inv / f, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / f + smooth * out
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    inv = np.where(medium, smoothed, out).astype(np.float32)
+  elif rt == "yarn":
+    old = r["original_max_position_embeddings"]
+    f = r.get("factor") or cfg.max_position_embeddings / old
+    mscale = lambda s, m=1.0: 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+    scale = r.get("attention_factor")
+    if scale is None:
+      m, mad = r.get("mscale"), r.get("mscale_all_dim")
+      scale = mscale(f, m) / mscale(f, mad) if (m and mad) else mscale(f)
+    fast, slow = r.get("beta_fast") or 32, r.get("beta_slow") or 1
+    corr = lambda rot: dim * math.log(old / (rot * 2 * math.pi)) / (2 * math.log(base))
+    lo, hi = corr(fast), corr(slow)
+    if r.get("truncate", True):
+      lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, dim - 1)
+    if lo == hi:
+      hi += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - lo) / (hi - lo), 0, 1)
+    extra = 1 - ramp
+    inv = ((inv / f) * (1 - extra) + inv * extra).astype(np.float32)
+  return inv, float(scale)
+
+
+def rope_cos_sin(cfg: DecoderConfig, positions):
+  """positions int [B,T] -> cos, sin f32 [B,T,Dh/2] (only for the given positions)."""
+  inv, scale = rope_inv_freq(cfg)
+  ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv)
+  return jnp.cos(ang) * scale, jnp.sin(ang) * scale
+
+
+def apply_rope(x, cos, sin):
+  """x [B,T,N,Dh], cos/sin [B,T,Dh/2] -> [B,T,N,Dh] (HF 'rotate_half' layout)."""
+  h = x.shape[-1] // 2
+  x1, x2 = x[..., :h].astype(jnp.float32), x[..., h:].astype(jnp.float32)
+  c, s = cos[:, :, None, :], sin[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+def rms_norm(x, w, eps):
+  """x [..., D], w [D] -> [..., D] in x.dtype (variance in f32, as HF)."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return w.astype(x.dtype) * xf.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- layer
+
+def _qkv(cfg, p, x, cos, sin):
+  """x [B,T,D] -> q [B,T,H,Dh], k, v [B,T,K,Dh] (normed + rotated)."""
+  dt = _dtype(cfg.dtype)
+  h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
+  k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
+  v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def _attend(cfg, q, k, v, mask):
+  """q [B,T,H,Dh], k/v [B,S,K,Dh], mask bool [B,T,S] -> [B,T,H,Dh]. GQA without repeating K/V."""
+  B, T, H, Dh = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, T, K, H // K, Dh)
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+  s = jnp.where(mask[:, None, None], s, _NEG)
+  w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", w, v).reshape(B, T, H, Dh)
+
+
+def _attend2(q, ks, vs, mask):
+  """Attention over two key/value blocks without concatenating them (cache + new tokens).
+
+  q [B,T,H,Dh]; ks, vs: tuples of [B,S_i,K,Dh]; mask bool [B,T,sum S_i] -> [B,T,H,Dh].
+  """
+  B, T, H, Dh = q.shape
+  K = ks[0].shape[2]
+  q = q.reshape(B, T, K, H // K, Dh)
+  s = jnp.concatenate([jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) for k in ks], -1)
+  s = jnp.where(mask[:, None, None], s / math.sqrt(Dh), _NEG)
+  w = jax.nn.softmax(s, axis=-1).astype(vs[0].dtype)
+  out, off = 0, 0
+  for v in vs:
+    out = out + jnp.einsum("bkgts,bskd->btkgd", w[..., off:off + v.shape[1]], v)
+    off += v.shape[1]
+  return out.reshape(B, T, H, Dh)
+
+
+def _finish(cfg, p, x, o):
+  """Attention output projection + residual + MLP + residual. x [B,T,D], o [B,T,H,Dh]."""
+  dt = _dtype(cfg.dtype)
+  a = jnp.einsum("bthk,hkd->btd", o, p["wo"].astype(dt))
+  if cfg.o_bias:
+    a = a + p["bo"].astype(dt)
+  x = x + a
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  g = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
+  u = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+  return x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["w_down"].astype(dt))
+
+
+def _layer_full(cfg, p, x, cos, sin, mask):
+  q, k, v = _qkv(cfg, p, x, cos, sin)
+  return _finish(cfg, p, x, _attend(cfg, q, k, v, mask))
+
+
+def param_shapes(cfg: DecoderConfig) -> dict[str, tuple]:
+  """Per-layer parameter name -> shape (without the leading L axis)."""
+  D, H, K, Dh, F = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  s = {"attn_norm": (D,), "wq": (D, H, Dh), "wk": (D, K, Dh), "wv": (D, K, Dh), "wo": (H, Dh, D),
+       "mlp_norm": (D,), "w_gate": (D, F), "w_up": (D, F), "w_down": (F, D)}
+  if cfg.qkv_bias:
+    s.update(bq=(H, Dh), bk=(K, Dh), bv=(K, Dh))
+  if cfg.o_bias:
+    s.update(bo=(D,))
+  if cfg.qk_norm:
+    s.update(q_norm=(Dh,), k_norm=(Dh,))
+  return s
+
+
+class Layers(nnx.Module):
+  """The L decoder layers' parameters, stacked on a leading axis L."""
+
+  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
+    pdt = _dtype(cfg.param_dtype)
+    for name, shape in param_shapes(cfg).items():
+      full = (cfg.num_layers, *shape)
+      if "norm" in name:
+        val = jnp.ones(full, pdt)
+      elif name.startswith("b"):
+        val = jnp.zeros(full, pdt)
+      else:
+        val = 0.02 * jax.random.normal(rngs.params(), full, jnp.float32)
+      setattr(self, name, nnx.Param(val.astype(pdt)))
+    self._names = tuple(param_shapes(cfg))
+
+  def values(self) -> dict:
+    return {n: getattr(self, n)[...] for n in self._names}
+
+
+class Decoder(nnx.Module):
+  """Decoder-only LM. See module docstring for the interface."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = _dtype(cfg.param_dtype)
+    self.embed = nnx.Param((0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size))).astype(pdt))
+    self.layers = Layers(cfg, rngs)
+    self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), pdt))
+    if not cfg.tie_embeddings:
+      self.lm_head = nnx.Param(
+          (0.02 * jax.random.normal(rngs.params(), (cfg.hidden_size, cfg.vocab_size))).astype(pdt))
+
+  # -- pieces
+  def _unembed_matrix(self):
+    """-> [D,V] in compute dtype."""
+    w = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+    return w.astype(_dtype(self.cfg.dtype))
+
+  def _embed(self, tokens):
+    return jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(self.cfg.dtype))
+
+  @staticmethod
+  def _defaults(tokens, positions, attention_mask):
+    if attention_mask is None:
+      attention_mask = jnp.ones(tokens.shape, bool)
+    attention_mask = attention_mask.astype(bool)
+    if positions is None:
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    return positions.astype(jnp.int32), attention_mask
+
+  def hidden_states(self, tokens, positions=None, attention_mask=None):
+    """tokens int [B,T] -> final-normed hidden states [B,T,D] (compute dtype)."""
+    cfg = self.cfg
+    positions, attention_mask = self._defaults(tokens, positions, attention_mask)
+    T = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    mask = causal[None] & attention_mask[:, None, :]  # [B,T,S=T]
+    cos, sin = rope_cos_sin(cfg, positions)
+
+    def body(x, p):
+      return _layer_full(cfg, p, x, cos, sin, mask), None
+
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.values())
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+
+  def __call__(self, tokens, positions=None, attention_mask=None):
+    """tokens int32 [B,T] -> logits f32 [B,T,V]."""
+    h = self.hidden_states(tokens, positions, attention_mask)
+    return jnp.einsum("btd,dv->btv", h, self._unembed_matrix(), preferred_element_type=jnp.float32)
+
+  # -- inference
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """-> {k, v: [L,B,S,K,Dh] compute dtype, valid: bool [B,S], index: int32 scalar}."""
+    cfg = self.cfg
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dt = _dtype(cfg.dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+            "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+
+  def step(self, tokens, positions, cache, attention_mask=None):
+    """Writes T new tokens at cache slots [index, index+T) and returns their logits.
+
+    tokens int [B,T], positions int [B,T] (None: index + arange(T)), attention_mask bool [B,T]
+    -> (logits f32 [B,T,V], new cache). Query at slot index+t attends slots s <= index+t
+    with valid[b, s].
+    """
+    cfg = self.cfg
+    B, T = tokens.shape
+    index = cache["index"]
+    if attention_mask is None:
+      attention_mask = jnp.ones((B, T), bool)
+    if positions is None:
+      positions = jnp.broadcast_to(index + jnp.arange(T, dtype=jnp.int32), (B, T))
+    attention_mask = attention_mask.astype(bool)
+    S = cache["valid"].shape[1]
+    # Old slots s < index (valid ones) + the T new tokens (causal among themselves). The new K/V
+    # are attended directly and written into the cache once, after the layer scan, so the
+    # [L,B,S,K,Dh] cache is only read inside the loop (never copied).
+    mask_old = jnp.broadcast_to(((jnp.arange(S) < index)[None, :] & cache["valid"])[:, None, :], (B, T, S))
+    mask_new = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask[:, None, :]
+    mask = jnp.concatenate([mask_old, mask_new], axis=-1)  # [B,T,S+T]
+    cos, sin = rope_cos_sin(cfg, positions.astype(jnp.int32))
+
+    def body(x, xs):
+      p, kc, vc = xs  # kc, vc [B,S,K,Dh]: this layer's cache
+      q, k, v = _qkv(cfg, p, x, cos, sin)
+      k, v = k.astype(kc.dtype), v.astype(vc.dtype)
+      o = _attend2(q, (kc, k), (vc, v), mask)
+      return _finish(cfg, p, x, o), (k, v)
+
+    x, (k_new, v_new) = jax.lax.scan(body, self._embed(tokens), (self.layers.values(), cache["k"], cache["v"]))
+    kc = jax.lax.dynamic_update_slice(cache["k"], k_new, (0, 0, index, 0, 0))
+    vc = jax.lax.dynamic_update_slice(cache["v"], v_new, (0, 0, index, 0, 0))
+    valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, index))
+    h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    logits = jnp.einsum("btd,dv->btv", h, self._unembed_matrix(), preferred_element_type=jnp.float32)
+    return logits, {"k": kc, "v": vc, "valid": valid, "index": index + T}
+
+  # -- training
+  def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128):
+    """log p(targets[b,t] | inputs[b,:t+1]) and the entropy of that distribution.
+
+    inputs, targets int [B,T] -> (logp f32 [B,T], entropy f32 [B,T]). The unembedding,
+    log-softmax and entropy run over chunks of `chunk_size` time steps under a
+    rematerialised `lax.map`, so at most one [B,chunk,V] f32 block exists at a time
+    (also in the backward pass).
+    """
+    h = self.hidden_states(inputs, positions, attention_mask)  # [B,T,D]
+    w = self._unembed_matrix()
+    B, T, D = h.shape
+    c = max(1, min(chunk_size, T))
+    n = -(-T // c)
+    pad = n * c - T
+    hp = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, D).swapaxes(0, 1)
+    tp = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk(args):
+      hc, tc = args
+      logits = jnp.einsum("bcd,dv->bcv", hc, w, preferred_element_type=jnp.float32)
+      lse = jax.nn.logsumexp(logits, axis=-1)
+      tgt = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
+      probs = jax.nn.softmax(logits, axis=-1)
+      ent = lse - jnp.sum(probs * logits, axis=-1)
+      return tgt - lse, ent
+
+    logp, ent = jax.lax.map(chunk, (hp, tp))
+    un = lambda a: a.swapaxes(0, 1).reshape(B, n * c)[:, :T]
+    return un(logp), un(ent)

@@ -1,0 +1,111 @@
+"""Answer extraction from model completions (pure string functions, linear time, no eval).
+
+Modes (the `extract=` option of tasks and verifiers):
+  "boxed"        the last \\boxed{...} / \\fbox{...} (nested braces)
+  "answer_tag"   the last <answer>...</answer>
+  "last_number"  the last number in the text (integers, decimals, 1,234, simple fractions 3/4)
+  "strict"       boxed, else <answer>, else GSM8K "#### x", else "The answer is x" / "Answer: x"
+  "auto"         strict, else the last number (gives a weak model some initial reward)
+"""
+import re
+from typing import Optional
+
+MODES = ("boxed", "answer_tag", "last_number", "strict", "auto")
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_NUM_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])|(?<![\w.])-?\.\d+")
+_GSM_RE = re.compile(r"####\s*([^\n]+)")
+_PHRASE_RE = re.compile(r"(?i)(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|\banswer\s*:)\s*:?\s*")
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """Content of the last \\boxed{...} or \\fbox{...}, braces matched; `\\boxed 5` also works."""
+    matches = list(_BOX_RE.finditer(text))
+    for m in reversed(matches):
+        i = m.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                c = text[j]
+                if c == "\\":  # skip escaped characters such as \{ and \}
+                    j += 2
+                    continue
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[i + 1:j].strip()
+                j += 1
+            continue  # unbalanced: try an earlier box
+        if i > m.end():  # "\boxed 5": up to whitespace or $
+            tok = re.match(r"[^\s$]+", text[i:])
+            if tok:
+                return tok.group(0)
+    return None
+
+
+def answer_tag(text: str) -> Optional[str]:
+    """Content of the last <answer>...</answer> (closing tag required)."""
+    end = text.rfind("</answer>")
+    if end < 0:
+        return None
+    start = text.rfind("<answer>", 0, end)
+    if start < 0:
+        return None
+    return text[start + len("<answer>"):end].strip()
+
+
+def last_number(text: str) -> Optional[str]:
+    """The last number in the text, thousands separators removed ("1,234" -> "1234")."""
+    last = None
+    for last in _NUM_RE.finditer(text):
+        pass
+    return None if last is None else last.group(0).replace(",", "")
+
+
+def _clean_tail(s: str) -> Optional[str]:
+    s = s.strip().split("\n")[0].strip()
+    s = s.strip("$ ").rstrip(".").strip().strip("$ ")
+    return s or None
+
+
+def gsm8k(text: str) -> Optional[str]:
+    """The text after the last '#### ' (GSM8K's answer marker)."""
+    last = None
+    for last in _GSM_RE.finditer(text):
+        pass
+    return None if last is None else _clean_tail(last.group(1))
+
+
+def answer_phrase(text: str) -> Optional[str]:
+    """The rest of the line after the last 'The answer is' / 'Final answer:' / 'Answer:'."""
+    last = None
+    for last in _PHRASE_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    tail = text[last.end():]
+    boxed = last_boxed(tail.split("\n")[0])
+    return boxed if boxed is not None else _clean_tail(tail)
+
+
+def extract(text: str, mode: str = "strict") -> Optional[str]:
+    """The answer string in `text` per `mode` (see module docstring), or None."""
+    if mode not in MODES:
+        raise ValueError(f"extract mode must be one of {MODES}, got {mode!r}")
+    if mode == "boxed":
+        return last_boxed(text)
+    if mode == "answer_tag":
+        return answer_tag(text)
+    if mode == "last_number":
+        return last_number(text)
+    for fn in (last_boxed, answer_tag, gsm8k, answer_phrase):
+        pred = fn(text)
+        if pred:
+            if fn is answer_tag:  # "<answer>\boxed{3}</answer>"
+                pred = last_boxed(pred) or pred
+            return pred
+    return last_number(text) if mode == "auto" else None

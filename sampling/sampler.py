@@ -1,0 +1,372 @@
+"""Group sampler: P prompts x G samples with a KV cache, one compiled decode loop.
+
+  out = generate(model, prompts, group_size=G, max_new_tokens=N, temperature=1.0,
+                 top_p=1.0, top_k=0, eos_ids=(2,), pad_id=0, rng=jax.random.key(0))
+
+How it works (all inside ONE jitted function per shape bucket):
+  1. prefill: the P distinct prompts (left-padded to a bucketed length Lb) run through
+     `model.step` ONCE, without their last token (whose logits nobody needs: XLA drops
+     the unused lm-head). The cache [L,P,S,K,Dh] is then repeated to the P*G rows
+     (prompt-major: row i*G+j = sample j of prompt i).
+  2. decode: a `lax.while_loop` feeds one token per row per iteration (the first one is the
+     last prompt token) and samples the next. It exits as soon as every row has emitted an
+     EOS id or N tokens were generated; the iteration count is returned (`num_steps`).
+  3. sampling: greedy (temperature=0) or temperature -> top-k -> top-p (the order of
+     transformers' logits warpers), then an inverse-CDF draw with ONE uniform per row per
+     step from a blocked cumulative sum (no [B,V] Gumbel noise, no full-vocab sort).
+
+Randomness: row r uses key split(rng, P*G)[r] (or rng[r] if `rng` holds P*G keys), and
+step t uses fold_in(row_key, t): rows are independent, and a row's samples do not depend
+on the other rows, on padding or on the shape buckets.
+
+Log-probs: `logprobs` are log-probs under the *sampling* distribution (after temperature,
+top-k, top-p; for greedy, where that distribution is a point mass, the raw model log-prob).
+`model_logprobs` are the raw model log-probs (temperature 1, no truncation) of the same
+tokens: compare them with `Decoder.token_logprobs` for the sampler-vs-trainer health metric.
+
+Shapes: P prompts, G group size, L prompt length, N max_new_tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+_BLOCK = 256  # vocab block of the two-level inverse CDF
+_COMPILES = {"count": 0}
+
+
+class SampleOutput(NamedTuple):
+  """Rollouts of P prompts x G samples, rows prompt-major (row i*G+j = sample j of prompt i).
+
+  tokens int32 [P*G,N] (pad_id after the end), logprobs f32 [P*G,N] (sampling distribution,
+  0 where masked), model_logprobs f32 [P*G,N] (raw model, temperature 1, 0 where masked),
+  mask bool [P*G,N] (True = response token, the EOS token included), lengths int32 [P*G],
+  stopped bool [P*G] (True = emitted an EOS id), prompt_tokens int32 [P*G,L] and
+  prompt_mask bool [P*G,L] (left-padded), num_steps int32 scalar (decode iterations run).
+  """
+  tokens: jax.Array
+  logprobs: jax.Array
+  model_logprobs: jax.Array
+  mask: jax.Array
+  lengths: jax.Array
+  stopped: jax.Array
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+  num_steps: jax.Array
+
+
+def num_compilations() -> int:
+  """How many times the sampler's jitted function was traced (= compiled) in this process."""
+  return _COMPILES["count"]
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """Shape bucket: max(minimum, next power of two) up to 1024, then a multiple of 1024."""
+  if n <= minimum:
+    return minimum
+  if n <= 1024:
+    return 1 << (n - 1).bit_length()
+  return -(-n // 1024) * 1024
+
+
+# ----------------------------------------------------------------------------- masks
+
+def top_k_mask(logits, k: int):
+  """logits f32 [B,V], static k >= 1 -> keep bool [B,V]: the k largest (ties with the k-th kept)."""
+  k = min(int(k), logits.shape[-1])
+  kth = jax.lax.top_k(logits, k)[0][:, -1:]
+  return logits >= kth
+
+
+def top_p_mask(logits, top_p):
+  """logits f32 [B,V] (-inf = excluded), top_p scalar in (0,1] -> keep bool [B,V].
+
+  Keeps token i iff the probability mass of the tokens strictly more probable than i is
+  < top_p: the smallest most-probable set reaching top_p (transformers' TopP rule; tokens
+  tied at the boundary are all kept). Exact and sort-free: bisection over the int32 bit
+  patterns of the probabilities (ordered like the floats), 32 masked sums over V.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # probs >= 0: int order == float order
+  B = logits.shape[0]
+
+  def body(_, lohi):
+    lo, hi = lohi  # invariant: mass_above(hi) < top_p (hi is a valid threshold), lo is not
+    mid = lo + (hi - lo) // 2
+    ok = jnp.sum(jnp.where(bits > mid[:, None], probs, 0.0), axis=-1) < top_p
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+  lo = jnp.full((B,), -1, jnp.int32)
+  hi = jnp.full((B,), 0x7F800000, jnp.int32)  # +inf: nothing is above it
+  _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
+  return bits >= hi[:, None]
+
+
+def _inverse_cdf(x, u):
+  """x f32 [B,V] logits (-inf allowed, one finite per row), u f32 [B] in [0,1) ->
+  (token int32 [B] ~ softmax(x), logsumexp(x) f32 [B]).
+
+  Two-level inverse CDF: cumulative sums over V/256 block sums, then inside the chosen
+  256-block, so no V-long cumsum (slow on XLA:CPU) and one uniform per row.
+  """
+  B, V = x.shape
+  m = jnp.max(x, axis=-1, keepdims=True)
+  e = jnp.exp(x - m)
+  nb = -(-V // _BLOCK)
+  e = jnp.pad(e, ((0, 0), (0, nb * _BLOCK - V)))
+  eb = e.reshape(B, nb, _BLOCK)
+  bsum = eb.sum(-1)                                   # [B,nb]
+  cb = jnp.cumsum(bsum, axis=-1)
+  tot = cb[:, -1]
+  t = u * tot
+  last_b = nb - 1 - jnp.argmax(bsum[:, ::-1] > 0, axis=-1)
+  blk = jnp.minimum(jnp.sum(cb <= t[:, None], axis=-1), last_b)
+  prev = jnp.where(blk > 0, jnp.take_along_axis(cb, jnp.maximum(blk - 1, 0)[:, None], 1)[:, 0], 0.0)
+  inner = jnp.take_along_axis(eb, blk[:, None, None], 1)[:, 0]   # [B,256]
+  ci = prev[:, None] + jnp.cumsum(inner, axis=-1)
+  last_j = _BLOCK - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
+  j = jnp.minimum(jnp.sum(ci <= t[:, None], axis=-1), last_j)
+  tok = (blk * _BLOCK + j).astype(jnp.int32)
+  # Guard against float rounding landing on a zero-probability token (never in exact math).
+  bad = jnp.take_along_axis(e, tok[:, None], 1)[:, 0] <= 0
+  tok = jnp.where(bad, jnp.argmax(x, axis=-1).astype(jnp.int32), tok)
+  return tok, m[:, 0] + jnp.log(tot)
+
+
+def sample_logits(logits, u, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool,
+                  plain: bool = False):
+  """One sampling step. logits f32 [B,V], u f32 [B] uniforms ->
+  (tokens int32 [B], logp under the sampling distribution [B], raw model logp [B]).
+  plain: promise that temperature == 1 and no top-k/top-p (raw logp == sampling logp)."""
+  take = lambda a, tok: jnp.take_along_axis(a, tok[:, None], 1)[:, 0]
+  if greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    lp = take(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+    return tok, lp, lp
+  x = logits / temperature
+  if top_k:
+    x = jnp.where(top_k_mask(x, top_k), x, -jnp.inf)
+  if use_top_p:
+    x = jnp.where(top_p_mask(x, top_p), x, -jnp.inf)
+  tok, lse = _inverse_cdf(x, u)
+  lp = take(x, tok) - lse
+  if plain:
+    return tok, lp, lp
+  raw = take(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+  return tok, lp, raw
+
+
+# ----------------------------------------------------------------------------- the jitted core
+
+def _batch_spec(mesh, ndim, axis=0):
+  if mesh is None:
+    return None
+  names = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  spec = [None] * ndim
+  spec[axis] = names
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def _constrain(x, mesh, axis=0):
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, _batch_spec(mesh, x.ndim, axis))
+
+
+def _auto_mesh(mesh):
+  """The same devices and axes with AxisType.Auto (the sampler shards by constraints)."""
+  return jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+
+
+def _to_auto(x, mesh):
+  """Moves an array onto `mesh` (Auto axes): keeps its PartitionSpec if it lives on the same
+  devices (e.g. sharded by models.sharding), else replicates it."""
+  sh = getattr(x, "sharding", None)
+  if isinstance(sh, NamedSharding) and sh.mesh.axis_names == mesh.axis_names and \
+      tuple(sh.mesh.devices.flat) == tuple(mesh.devices.flat):
+    return jax.device_put(x, NamedSharding(mesh, sh.spec))
+  return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+
+
+def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new, temperature, top_p,
+                   pad_id, eos, *, group_size, n_bucket, greedy, top_k, use_top_p, plain, mesh):
+  """prompt int32 [Pb,Lb] left-padded, pmask bool [Pb,Lb] (last column True), row_keys [Pb*G]
+  keys, row_active bool [Pb*G] (False = batch padding), max_new int32 <= n_bucket, eos int32 [E]
+  (-1 = unused slot) ->
+  (tokens [Pb*G,n_bucket], logp, raw logp, mask, stopped [Pb*G], num_steps)."""
+  _COMPILES["count"] += 1
+  logging.info("sampling: compiling generate #%d for prompts %s, group_size=%d, max_new_tokens "
+               "bucket %d", _COMPILES["count"], prompt.shape, group_size, n_bucket)
+  model = nnx.merge(graphdef, state)
+  P, Lb = prompt.shape
+  G, N = group_size, n_bucket
+  B = P * G
+  prompt, pmask = _constrain(prompt, mesh), _constrain(pmask, mesh)
+  positions = jnp.maximum(jnp.cumsum(pmask, axis=-1) - 1, 0).astype(jnp.int32)
+
+  # 1. prefill all but the last prompt token, once per distinct prompt.
+  cache = model.init_cache(P, Lb + N)
+  if Lb > 1:
+    _, cache = model.step(prompt[:, :-1], positions[:, :-1], cache, attention_mask=pmask[:, :-1])
+  cache = {"k": _constrain(jnp.repeat(cache["k"], G, axis=1), mesh, 1),
+           "v": _constrain(jnp.repeat(cache["v"], G, axis=1), mesh, 1),
+           "valid": _constrain(jnp.repeat(cache["valid"], G, axis=0), mesh),
+           "index": cache["index"]}
+
+  # 2. decode loop.
+  tok0 = jnp.repeat(prompt[:, -1], G)
+  pos0 = jnp.repeat(positions[:, -1], G)
+  zeros = lambda dt: _constrain(jnp.zeros((B, N), dt), mesh)
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, tok=tok0, pos=pos0, done=~row_active,
+               stopped=jnp.zeros((B,), bool), tokens=zeros(jnp.int32), logp=zeros(jnp.float32),
+               raw=zeros(jnp.float32), mask=zeros(bool))
+
+  def cond(c):
+    return (c["t"] < max_new) & ~jnp.all(c["done"])
+
+  def body(c):
+    t = c["t"]
+    logits, cache = model.step(c["tok"][:, None], c["pos"][:, None], c["cache"])
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
+    tok, lp, raw = sample_logits(logits[:, 0], u, temperature, top_p, greedy=greedy, top_k=top_k,
+                                 use_top_p=use_top_p, plain=plain)
+    live = ~c["done"]
+    tok = jnp.where(live, tok, pad_id)
+    put = lambda buf, col: jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, t))
+    hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
+    return dict(t=t + 1, cache=cache, tok=tok, pos=c["pos"] + 1, done=c["done"] | hit,
+                stopped=c["stopped"] | hit, tokens=put(c["tokens"], tok),
+                logp=put(c["logp"], jnp.where(live, lp, 0.0)), raw=put(c["raw"], jnp.where(live, raw, 0.0)),
+                mask=put(c["mask"], live))
+
+  c = jax.lax.while_loop(cond, body, carry)
+  return c["tokens"], c["logp"], c["raw"], c["mask"], c["stopped"], c["t"]
+
+
+_generate_jit = jax.jit(_generate_core, static_argnames=(
+    "graphdef", "group_size", "n_bucket", "greedy", "top_k", "use_top_p", "plain", "mesh"))
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _left_pad(prompts, prompt_mask, pad_id):
+  """list of token lists, or int [P,L] (+ mask) -> (int32 [P,L], bool [P,L]) left-padded numpy."""
+  if isinstance(prompts, (list, tuple)):
+    if not prompts:
+      raise ValueError("generate: prompts is empty")
+    lens = [len(p) for p in prompts]
+    if min(lens) == 0:
+      raise ValueError(f"generate: prompts[{lens.index(0)}] is empty")
+    L = max(lens)
+    toks = np.full((len(prompts), L), pad_id, np.int32)
+    mask = np.zeros((len(prompts), L), bool)
+    for i, p in enumerate(prompts):
+      toks[i, L - len(p):] = np.asarray(p, np.int32)
+      mask[i, L - len(p):] = True
+    return toks, mask
+  toks = np.asarray(prompts)
+  if toks.ndim != 2 or not np.issubdtype(toks.dtype, np.integer):
+    raise ValueError(f"generate: prompts must be int [P,L] or a list of token lists, got {toks.dtype} {toks.shape}")
+  mask = np.ones(toks.shape, bool) if prompt_mask is None else np.asarray(prompt_mask).astype(bool)
+  if mask.shape != toks.shape:
+    raise ValueError(f"generate: prompt_mask shape {mask.shape} != prompts shape {toks.shape}")
+  if not mask[:, -1].all():
+    raise ValueError("generate: prompts must be LEFT-padded (prompt_mask[:, -1] all True)")
+  return toks.astype(np.int32), mask
+
+
+def _row_keys(rng, n_rows):
+  """rng: one key (typed or raw uint32[2]) or n_rows keys -> typed keys [n_rows]."""
+  if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+  if rng.ndim == 0:
+    return jax.random.split(rng, n_rows)
+  if rng.shape != (n_rows,):
+    raise ValueError(f"generate: rng must be one key or P*G={n_rows} keys, got key shape {rng.shape}")
+  return rng
+
+
+def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, eos_ids: Sequence[int] = (), pad_id: int = 0,
+             rng, prompt_mask=None, mesh=None, bucket_shapes: bool = True) -> SampleOutput:
+  """Samples `group_size` responses for each prompt. See the module docstring.
+
+  model: a `models.Decoder` (or a `(graphdef, state)` pair from `nnx.split(model)`).
+  prompts: int [P,L] left-padded (with `prompt_mask` bool [P,L]) or a list of P token lists.
+  temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. eos_ids: () = never stop early.
+  rng: a key (rows use split(rng, P*G)) or P*G keys (one per row).
+  mesh: optional `jax.sharding.Mesh`; the batch is sharded over its ("data", "fsdp") axes.
+  bucket_shapes: round P, L and max_new_tokens up to buckets (few compilations); outputs are
+    sliced back, and the samples do not depend on the buckets.
+  -> SampleOutput with P*G rows and N = max_new_tokens columns.
+  """
+  if group_size < 1:
+    raise ValueError(f"generate: group_size must be >= 1, got {group_size}")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0:
+    raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+  if top_k < 0:
+    raise ValueError(f"generate: top_k must be >= 0, got {top_k}")
+  if isinstance(model, tuple):
+    graphdef, state = model
+  else:
+    graphdef, state = nnx.split(model)
+  toks, mask = _left_pad(prompts, prompt_mask, pad_id)
+  P, L = toks.shape
+  G = group_size
+  n_dev = 1
+  if mesh is not None:
+    n_dev = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.axis_names)
+  if bucket_shapes:
+    Pb, Lb, Nb = bucket(P, 1), bucket(L, 16), bucket(max_new_tokens, 16)
+  else:
+    Pb, Lb, Nb = P, L, max_new_tokens
+  Pb = -(-Pb // n_dev) * n_dev  # the prefill batch is sharded too
+  # left-pad to Lb, then add dummy prompts (one pad token) up to Pb.
+  toks = np.concatenate([np.full((P, Lb - L), pad_id, np.int32), toks], axis=1)
+  mask = np.concatenate([np.zeros((P, Lb - L), bool), mask], axis=1)
+  dummy_t = np.full((Pb - P, Lb), pad_id, np.int32)
+  dummy_m = np.zeros((Pb - P, Lb), bool)
+  dummy_m[:, -1] = True
+  toks_b, mask_b = np.concatenate([toks, dummy_t]), np.concatenate([mask, dummy_m])
+
+  keys = _row_keys(rng, P * G)
+  if Pb > P:
+    extra = jax.random.split(jax.random.fold_in(keys[0], 0x7FFFFFFF), (Pb - P) * G)
+    keys = jnp.concatenate([keys, extra])
+  active = np.arange(Pb * G) < P * G
+  eos_ids = [int(e) for e in eos_ids]
+  if any(e < 0 for e in eos_ids):
+    raise ValueError(f"generate: eos_ids must be >= 0, got {eos_ids}")
+  eos = np.full(bucket(len(eos_ids), 4), -1, np.int32)  # a runtime array: no recompilation per EOS set
+  eos[:len(eos_ids)] = eos_ids
+  args = (toks_b, mask_b, keys, active)
+  if mesh is not None:
+    mesh = _auto_mesh(mesh)
+    args = tuple(jax.device_put(a, _batch_spec(mesh, np.ndim(a))) for a in args)
+    state = jax.tree.map(lambda x: _to_auto(x, mesh), state)
+
+  tokens, logp, raw, rmask, stopped, steps = _generate_jit(
+      graphdef, state, *args, jnp.int32(max_new_tokens), jnp.float32(max(temperature, 1e-6)),
+      jnp.float32(top_p), jnp.int32(pad_id), jnp.asarray(eos, jnp.int32), group_size=G, n_bucket=Nb,
+      greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
+      plain=temperature == 1.0 and top_k == 0 and top_p >= 1.0, mesh=mesh)
+  R, N = P * G, max_new_tokens
+  rmask = rmask[:R, :N]
+  return SampleOutput(
+      tokens=tokens[:R, :N], logprobs=logp[:R, :N], model_logprobs=raw[:R, :N], mask=rmask,
+      lengths=rmask.sum(-1).astype(jnp.int32), stopped=stopped[:R],
+      prompt_tokens=jnp.repeat(jnp.asarray(toks[:, Lb - L:]), G, axis=0),
+      prompt_mask=jnp.repeat(jnp.asarray(mask[:, Lb - L:]), G, axis=0), num_steps=steps)
