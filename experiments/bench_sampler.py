@@ -119,9 +119,7 @@ def main():
         out = hf.generate(max_new_tokens=n, min_new_tokens=n, **hf_kw)
       assert out.shape == (P * G, L + n), out.shape
     t = time.perf_counter()
-    with torch.inference_mode():  # warm-up: one prompt, 2 samples, 4 tokens
-      hf.generate(max_new_tokens=4, min_new_tokens=4, **dict(hf_kw, input_ids=ids[:1], attention_mask=am[:1],
-                                                              num_return_sequences=2))
+    run_hf(2)  # warm-up at the full batch shape (allocations, kernels)
     print(f"hf warm-up {time.perf_counter() - t:.1f}s")
 
   # ---- ours

@@ -242,6 +242,10 @@ def test_group_sharing_equals_prefilling_each_copy(model):
   np.testing.assert_array_equal(shared.prompt_tokens, copies.prompt_tokens)
   # and the G samples of a prompt differ (independent randomness per row)
   assert len({tuple(r) for r in np.asarray(shared.tokens[:G])}) > 1
+  # the sampler's shared-prompt-cache decode step == the generic Decoder.step path
+  generic = sampling.generate(model, PROMPTS, group_size=G, max_new_tokens=12, rng=keys, shared_prompt_cache=False)
+  np.testing.assert_array_equal(shared.tokens, generic.tokens)
+  np.testing.assert_allclose(shared.logprobs, generic.logprobs, atol=1e-5)
 
 
 def test_different_prompt_lengths_batch_equals_alone(model):
