@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -88,13 +87,8 @@ def main():
   prompts = [list(p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p) for p in prompts]
   lens = [len(p) for p in prompts]
   n_tok = P * G * N
-  cpu = platform.processor() or "cpu"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  info = dict(machine=f"{os.cpu_count()}-core {cpu}", jax=jax.__version__, torch=torch.__version__,
+  from bench_update import machine_name  # same folder
+  info = dict(machine=machine_name(), jax=jax.__version__, torch=torch.__version__,
               transformers=transformers.__version__, device=str(jax.devices()[0].device_kind),
               P=P, G=G, N=N, prompt_lens=lens, tokens_per_run=n_tok, loadavg_start=os.getloadavg())
   print(json.dumps(info))

@@ -10,22 +10,13 @@ import struct
 import sys
 
 
-def _read_exact(f, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = f.read(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
 def main():
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     inp = sys.stdin.buffer
     from rl.rewards import pool
+    _read_exact = pool._read_exact
     pool.IN_WORKER = True
     for name in pool.PRELOAD:  # warm imports so the first item is fast
         try:

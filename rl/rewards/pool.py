@@ -32,7 +32,9 @@ from rl.rewards import INCORRECT, Score
 
 # True inside a pool worker: verifiers then run their slow parts inline (the pool kills us on timeout).
 IN_WORKER = False
-PRELOAD = ["sympy", "rl.rewards.extract", "rl.rewards.math", "rl.tasks"]
+# reasoning_gym is imported here too: imported lazily by its scorer, the first item in a fresh worker
+# would spend ~2 s of its per-item time limit importing it and score 0.
+PRELOAD = ["sympy", "rl.rewards.extract", "rl.rewards.math", "rl.tasks", "reasoning_gym"]
 STARTUP_TIMEOUT = 60.0  # seconds a new worker may take to import its modules
 
 
