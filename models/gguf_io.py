@@ -111,3 +111,33 @@ def load_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     cfg["vocab_size"] = tensors["model.embed_tokens.weight"].shape[0]
   return cfg, tensors
 
+
+
+def load_gguf_tokenizer(gguf_path: str):
+  """The tokenizer (with its chat template) stored in a GGUF file, built without torch.
+
+  `transformers.AutoTokenizer.from_pretrained(dir, gguf_file=...)` goes through transformers' GGUF reader,
+  which imports torch; here the metadata is read with the `gguf` package and handed to transformers'
+  own GGUF tokenizer converter, so the result is the same tokenizer (tested) and torch stays a test-only
+  dependency. Returns a `PreTrainedTokenizerFast`, or None if the file holds no tokenizer.
+  """
+  import gguf
+  from transformers import PreTrainedTokenizerFast
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
+
+  reader = gguf.GGUFReader(gguf_path)
+  meta = {name: field.contents() for name, field in reader.fields.items()
+          if name.startswith("tokenizer.") or name == "general.architecture"}
+  if "tokenizer.ggml.tokens" not in meta:
+    return None
+  groups = {group: {new: meta[f"tokenizer.{old}"] for old, new in renames.items() if f"tokenizer.{old}" in meta}
+            for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}
+  tok_dict, tok_config = groups["tokenizer"], groups["tokenizer_config"]
+  if tok_dict.get("tokenizer_type") == "llama":   # sentencepiece files without the flag: llama.cpp adds BOS
+    tok_config.setdefault("add_bos_token", True)
+  for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                    ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+    i = meta.get(f"tokenizer.ggml.{key}")
+    tok_config[name] = tok_dict["tokens"][i] if i is not None else None
+  backend, extra = mapping.convert_gguf_tokenizer(meta["general.architecture"], tok_dict)
+  return PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config, **extra)

@@ -1,6 +1,8 @@
 """models/ GGUF loading: a tiny GGUF written here with gguf.GGUFWriter, and the real SmolLM2-135M-Instruct."""
 
 import os
+import subprocess
+import sys
 
 import gguf
 import jax.numpy as jnp
@@ -142,3 +144,24 @@ def test_hf_dir_with_tokenizer_roundtrip(smollm2, tmp_path):
   assert tok2 is not None and tok2.chat_template == tok.chat_template
   msgs = [{"role": "user", "content": "hi"}]
   assert tok2.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, tokenize=False)
+
+
+def test_gguf_tokenizer_equals_transformers_and_needs_no_torch(smollm2):
+  """Our torch-free GGUF tokenizer == transformers.AutoTokenizer(gguf_file=...), and loads with torch blocked."""
+  _, tok, _ = smollm2
+  d, f = os.path.split(models.smollm2_gguf_path())
+  ref = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
+  msgs = [{"role": "user", "content": "What is 12 + 7? Answer: \\boxed{19}.  Ünïcode ✓\n\tend"}]
+  assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+      ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+  text = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + " 12+7 = 19<|im_end|>"
+  assert tok(text)["input_ids"] == ref(text)["input_ids"]
+  assert (tok.eos_token, tok.bos_token, tok.pad_token) == (ref.eos_token, ref.bos_token, ref.pad_token)
+  code = ("import sys; sys.modules['torch'] = None\n"
+          "from models.gguf_io import load_gguf_tokenizer\n"
+          f"t = load_gguf_tokenizer({models.smollm2_gguf_path()!r})\n"
+          "print(t('What is 2+3?')['input_ids'])")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == str(ref("What is 2+3?")["input_ids"])
