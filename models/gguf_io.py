@@ -56,11 +56,14 @@ def _meta(reader):
   return out
 
 
-def load_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """-> (transformers-style config dict, {HF tensor name: float32 array [out, in]})."""
+def load_gguf(path: str, reader=None) -> tuple[dict, dict[str, np.ndarray]]:
+  """-> (transformers-style config dict, {HF tensor name: float32 array [out, in]}).
+
+  reader: an open `gguf.GGUFReader` of `path`, to parse the file once when the tokenizer is read too.
+  """
   import gguf
 
-  reader = gguf.GGUFReader(path)
+  reader = reader or gguf.GGUFReader(path)
   m = _meta(reader)
   arch = m.get("general.architecture")
   if arch not in _ARCHS:
@@ -113,19 +116,20 @@ def load_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 
-def load_gguf_tokenizer(gguf_path: str):
+def load_gguf_tokenizer(gguf_path: str, reader=None):
   """The tokenizer (with its chat template) stored in a GGUF file, built without torch.
 
   `transformers.AutoTokenizer.from_pretrained(dir, gguf_file=...)` goes through transformers' GGUF reader,
   which imports torch; here the metadata is read with the `gguf` package and handed to transformers'
   own GGUF tokenizer converter, so the result is the same tokenizer (tested) and torch stays a test-only
   dependency. Returns a `PreTrainedTokenizerFast`, or None if the file holds no tokenizer.
+  reader: as in `load_gguf`.
   """
   import gguf
   from transformers import PreTrainedTokenizerFast
   from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
 
-  reader = gguf.GGUFReader(gguf_path)
+  reader = reader or gguf.GGUFReader(gguf_path)
   meta = {name: field.contents() for name, field in reader.fields.items()
           if name.startswith("tokenizer.") or name == "general.architecture"}
   if "tokenizer.ggml.tokens" not in meta:

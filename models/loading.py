@@ -223,13 +223,15 @@ def load_pretrained(path: str, *, gguf_file: str | None = None, dtype: str = "fl
   if gguf_file is None and str(path).endswith(".gguf"):
     path, gguf_file = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
   if gguf_file is not None:
+    import gguf
     from models.gguf_io import load_gguf, load_gguf_tokenizer
-    cfg_dict, tensors = load_gguf(os.path.join(path, gguf_file))
+    reader = gguf.GGUFReader(os.path.join(path, gguf_file))   # parsed once, for weights and tokenizer
+    cfg_dict, tensors = load_gguf(os.path.join(path, gguf_file), reader)
     cfg = DecoderConfig.from_hf(cfg_dict, dtype=dtype, param_dtype=param_dtype, remat=remat)
     model = from_hf_state_dict(cfg, tensors, mesh=mesh)
     tok = None
     if tokenizer and cfg_dict.get("gguf_has_tokenizer"):
-      tok = load_gguf_tokenizer(os.path.join(path, gguf_file))
+      tok = load_gguf_tokenizer(os.path.join(path, gguf_file), reader)
     return model, tok
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
