@@ -164,11 +164,6 @@ def make_optimizer(oc, updates_per_step, total_steps):
   return tx, sched
 
 
-def bucket(n, minimum=8):
-  """Rounds a length up to a power of two (fewer distinct shapes -> fewer compilations)."""
-  return max(minimum, 1 << (max(1, n) - 1).bit_length())
-
-
 def left_pad(seqs, length, pad_id):
   """list of token lists -> (int32 [P,length], bool [P,length]) left-padded."""
   toks = np.full((len(seqs), length), pad_id, np.int32)
@@ -370,7 +365,8 @@ class Trainer:
       if p.id not in self._prompt_cache:
         self._prompt_cache[p.id] = prompt_ids(self.tok, p.question, self.c.prompt)
       ids.append(self._prompt_cache[p.id])
-    return left_pad(ids, bucket(max(len(s) for s in ids)), self.pad_id)
+    import sampling   # its shape buckets: fewer distinct prompt widths -> fewer compilations
+    return left_pad(ids, sampling.bucket(max(len(s) for s in ids), minimum=8), self.pad_id)
 
   def _generate(self, params, problems, group_size, max_new_tokens, temperature, rng):
     import sampling
