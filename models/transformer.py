@@ -5,6 +5,10 @@ axis L) and the layers run under `jax.lax.scan`, so a 30-layer model compiles
 one layer body, remat is one `jax.checkpoint` around it, and the KV cache is a
 single [L, B, S, Hkv, Dh] array per K and V.
 
+Numerics: `dtype` is the dtype of every matmul's operands (weights and the activations going
+into them, K/V included); matmuls accumulate in f32 and return f32, and the residual stream,
+norms, RoPE and softmax are f32. With dtype="float32" everything is f32.
+
 Shapes: B batch, T new tokens, S cache slots, D hidden, H query heads,
 K kv heads (GQA groups G = H // K), Dh head dim, F MLP hidden, V vocab, L layers.
 
@@ -12,6 +16,8 @@ Interface (docs/interfaces.md):
   logits = model(tokens[B,T], positions=None, attention_mask=None)  -> f32 [B,T,V]
   cache = model.init_cache(batch, max_len)
   logits, cache = model.step(tokens[B,T], positions[B,T], cache, attention_mask=None)
+  shared, resp = model.group_decode_init(prompt_cache, G, N)     # sampler: G rows per prompt
+  logits, resp = model.group_step(tokens[B], positions[B], t, shared, resp)
   logp, ent = model.token_logprobs(inputs[B,T], targets[B,T], ...)   -> f32 [B,T] x2
 """
 
@@ -228,35 +234,38 @@ def rms_norm(x, w, eps):
 
 # ----------------------------------------------------------------------------- layer
 
+def _mm(spec, x, w, dt):
+  """One projection: operands rounded to the compute dtype `dt`, f32 accumulation and result."""
+  return jnp.einsum(spec, x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+
+
 def _qkv(cfg, p, x, cos, sin):
-  """x [B,T,D] -> q [B,T,H,Dh], k, v [B,T,K,Dh] (normed + rotated)."""
+  """x f32 [B,T,D] -> q [B,T,H,Dh], k, v [B,T,K,Dh] (normed + rotated) in the compute dtype."""
   dt = _dtype(cfg.dtype)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
-  k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
-  v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+  q, k, v = (_mm("btd,dhk->bthk", h, p[w], dt) for w in ("wq", "wk", "wv"))
   if cfg.qkv_bias:
     q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
   if cfg.qk_norm:
     q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+  return apply_rope(q, cos, sin).astype(dt), apply_rope(k, cos, sin).astype(dt), v.astype(dt)
 
 
 def _attend(cfg, q, k, v, mask):
-  """q [B,T,H,Dh], k/v [B,S,K,Dh], mask bool [B,T,S] -> [B,T,H,Dh]. GQA without repeating K/V."""
+  """q [B,T,H,Dh], k/v [B,S,K,Dh], mask bool [B,T,S] -> f32 [B,T,H,Dh]. GQA without repeating K/V."""
   B, T, H, Dh = q.shape
   K = k.shape[2]
   q = q.reshape(B, T, K, H // K, Dh)
   s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
   s = jnp.where(mask[:, None, None], s, _NEG)
   w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", w, v).reshape(B, T, H, Dh)
+  return jnp.einsum("bkgts,bskd->btkgd", w, v, preferred_element_type=jnp.float32).reshape(B, T, H, Dh)
 
 
 def _attend2(q, ks, vs, mask):
   """Attention over two key/value blocks without concatenating them (cache + new tokens).
 
-  q [B,T,H,Dh]; ks, vs: tuples of [B,S_i,K,Dh]; mask bool [B,T,sum S_i] -> [B,T,H,Dh].
+  q [B,T,H,Dh]; ks, vs: tuples of [B,S_i,K,Dh]; mask bool [B,T,sum S_i] -> f32 [B,T,H,Dh].
   """
   B, T, H, Dh = q.shape
   K = ks[0].shape[2]
@@ -266,22 +275,49 @@ def _attend2(q, ks, vs, mask):
   w = jax.nn.softmax(s, axis=-1).astype(vs[0].dtype)
   out, off = 0, 0
   for v in vs:
-    out = out + jnp.einsum("bkgts,bskd->btkgd", w[..., off:off + v.shape[1]], v)
+    out = out + jnp.einsum("bkgts,bskd->btkgd", w[..., off:off + v.shape[1]], v, preferred_element_type=jnp.float32)
     off += v.shape[1]
   return out.reshape(B, T, H, Dh)
 
 
+def _group_attend(q, pk, pv, pvalid, rk, rv, resp_ok):
+  """Decode attention of B = P*G rows over their prompt (shared by the G rows of a prompt) and
+  their own response slots.
+
+  q [B,H,Dh] (compute dtype), pk/pv [P,K,S,Dh], pvalid bool [P,S], rk [B,K,Dh,N], rv [B,K,N,Dh],
+  resp_ok bool [N] -> f32 [B,H,Dh]. The softmax runs over the S + N slots together (two blocks,
+  never concatenated); its weights are rounded to q's dtype before the value matmul, as in `_attend`.
+  """
+  P, K, S, Dh = pk.shape
+  B, H = q.shape[:2]
+  G, Hg = B // P, H // K
+  f32 = jnp.float32
+  sdt = pk.dtype
+  qr = q.astype(sdt).reshape(B, K, Hg, Dh)
+  s_p = jnp.einsum("pgkhd,pksd->pgkhs", qr.reshape(P, G, K, Hg, Dh), pk, preferred_element_type=f32)
+  s_p = jnp.where(pvalid[:, None, None, None, :], s_p / math.sqrt(Dh), _NEG).reshape(B, K, Hg, S)
+  s_r = jnp.einsum("bkhd,bkdn->bkhn", qr, rk, preferred_element_type=f32)
+  s_r = jnp.where(resp_ok, s_r / math.sqrt(Dh), _NEG)
+  m = jnp.maximum(s_p.max(-1, keepdims=True), s_r.max(-1, keepdims=True))
+  e_p, e_r = jnp.exp(s_p - m), jnp.exp(s_r - m)
+  den = e_p.sum(-1, keepdims=True) + e_r.sum(-1, keepdims=True)
+  w = lambda e: (e / den).astype(q.dtype).astype(sdt)
+  o_p = jnp.einsum("pgkhs,pksd->pgkhd", w(e_p).reshape(P, G, K, Hg, S), pv, preferred_element_type=f32)
+  o_r = jnp.einsum("bkhn,bknd->bkhd", w(e_r), rv, preferred_element_type=f32)
+  return (o_p.reshape(B, K, Hg, Dh) + o_r).reshape(B, H, Dh)
+
+
 def _finish(cfg, p, x, o):
-  """Attention output projection + residual + MLP + residual. x [B,T,D], o [B,T,H,Dh]."""
+  """Attention output projection + residual + MLP + residual. x f32 [B,T,D], o [B,T,H,Dh] -> f32 [B,T,D]."""
   dt = _dtype(cfg.dtype)
-  a = jnp.einsum("bthk,hkd->btd", o, p["wo"].astype(dt))
+  a = _mm("bthk,hkd->btd", o, p["wo"], dt)
   if cfg.o_bias:
     a = a + p["bo"].astype(dt)
   x = x + a
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  g = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
-  u = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
-  return x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["w_down"].astype(dt))
+  g = _mm("btd,df->btf", h, p["w_gate"], dt)
+  u = _mm("btd,df->btf", h, p["w_up"], dt)
+  return x + _mm("btf,fd->btd", jax.nn.silu(g) * u, p["w_down"], dt)
 
 
 def _layer_full(cfg, p, x, cos, sin, mask):
@@ -342,8 +378,14 @@ class Decoder(nnx.Module):
     w = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
     return w.astype(_dtype(self.cfg.dtype))
 
+  def _logits(self, h):
+    """h f32 [..., D] (final-normed) -> logits f32 [..., V]."""
+    w = self._unembed_matrix()
+    return jnp.einsum("...d,dv->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
   def _embed(self, tokens):
-    return jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(self.cfg.dtype))
+    """-> f32 [..., D]: the residual stream is f32 (only matmul operands use the compute dtype)."""
+    return jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(self.cfg.dtype)).astype(jnp.float32)
 
   @staticmethod
   def _defaults(tokens, positions, attention_mask):
@@ -355,7 +397,7 @@ class Decoder(nnx.Module):
     return positions.astype(jnp.int32), attention_mask
 
   def hidden_states(self, tokens, positions=None, attention_mask=None):
-    """tokens int [B,T] -> final-normed hidden states [B,T,D] (compute dtype)."""
+    """tokens int [B,T] -> final-normed hidden states f32 [B,T,D]."""
     cfg = self.cfg
     positions, attention_mask = self._defaults(tokens, positions, attention_mask)
     T = tokens.shape[1]
@@ -374,7 +416,7 @@ class Decoder(nnx.Module):
   def __call__(self, tokens, positions=None, attention_mask=None):
     """tokens int32 [B,T] -> logits f32 [B,T,V]."""
     h = self.hidden_states(tokens, positions, attention_mask)
-    return jnp.einsum("btd,dv->btv", h, self._unembed_matrix(), preferred_element_type=jnp.float32)
+    return self._logits(h)
 
   # -- inference
   def init_cache(self, batch: int, max_len: int) -> dict:
@@ -420,9 +462,63 @@ class Decoder(nnx.Module):
     kc = jax.lax.dynamic_update_slice(cache["k"], k_new, (0, 0, index, 0, 0))
     vc = jax.lax.dynamic_update_slice(cache["v"], v_new, (0, 0, index, 0, 0))
     valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, index))
-    h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
-    logits = jnp.einsum("btd,dv->btv", h, self._unembed_matrix(), preferred_element_type=jnp.float32)
+    logits = self._logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
     return logits, {"k": kc, "v": vc, "valid": valid, "index": index + T}
+
+  # -- group decoding (the sampler's inner loop)
+  def group_decode_init(self, prompt_cache: dict, group_size: int, max_new: int) -> tuple[dict, dict]:
+    """Prompt cache of P prompts (from `step`) -> (shared, resp), the state of `group_step`,
+    which decodes G = group_size rows per prompt (row i*G+j = sample j of prompt i).
+
+    shared (read-only while decoding):
+      layers: L per-layer parameter dicts, sliced out of the stacked weights ONCE here (and the
+        matmul weights cast to the compute dtype), so the decode loop never slices them: on
+        XLA:CPU a per-step slice of the stacked weights is a copy of all of them;
+      pk, pv: L x [P,K,S,Dh] prompt keys/values, kept once per prompt (not G times);
+      valid: bool [P,S] (prompt slots holding a real token).
+    resp (updated every step): rk: L x [B,K,Dh,N] response keys (stored transposed, so the score
+      matmul needs no transpose), rv: L x [B,K,N,Dh] response values, B = P*G, N = max_new.
+    Storage dtype: the compute dtype, except f32 on CPU, where XLA turns an in-place update of a
+    bf16 cache into a full copy; the values are rounded to the compute dtype either way.
+    """
+    cfg = self.cfg
+    dt = _dtype(cfg.dtype)
+    sdt = jnp.float32 if jax.default_backend() == "cpu" else dt
+    P = prompt_cache["valid"].shape[0]
+    B, K, Dh, L = P * group_size, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+    stacked = self.layers.values()
+    layers = [{n: (a[l] if "norm" in n else a[l].astype(dt)) for n, a in stacked.items()} for l in range(L)]
+    head_major = lambda c: [c[l].swapaxes(1, 2).astype(sdt) for l in range(L)]  # [P,S,K,Dh] -> [P,K,S,Dh]
+    shared = {"layers": layers, "pk": head_major(prompt_cache["k"]), "pv": head_major(prompt_cache["v"]),
+              "valid": prompt_cache["valid"], "unembed": self._unembed_matrix()}
+    resp = {"rk": [jnp.zeros((B, K, Dh, max_new), sdt) for _ in range(L)],
+            "rv": [jnp.zeros((B, K, max_new, Dh), sdt) for _ in range(L)]}
+    return shared, resp
+
+  def group_step(self, tokens, positions, t, shared: dict, resp: dict):
+    """One decode step of B = P*G rows. tokens, positions int [B] (the tokens going into response
+    slot t), t int32 scalar, (shared, resp) from `group_decode_init` -> (logits f32 [B,V], resp).
+
+    Same math as `step` on a cache holding the prompt and then the response: each query attends
+    the valid slots of its own prompt and response slots <= t. The prompt keys/values are read
+    once per group and multiplied by its G*H/K queries together. The layers are unrolled (a
+    Python loop): a `lax.scan` would slice the stacked weights and caches every step.
+    """
+    cfg = self.cfg
+    cos, sin = rope_cos_sin(cfg, positions[:, None].astype(jnp.int32))
+    resp_ok = jnp.arange(resp["rv"][0].shape[2]) <= t
+    x = self._embed(tokens[:, None])  # [B,1,D] f32
+    rk, rv = list(resp["rk"]), list(resp["rv"])
+    for l, p in enumerate(shared["layers"]):
+      q, k, v = _qkv(cfg, p, x, cos, sin)  # [B,1,H|K,Dh]
+      rk[l] = jax.lax.dynamic_update_slice(rk[l], k[:, 0, :, :, None].astype(rk[l].dtype), (0, 0, 0, t))
+      rv[l] = jax.lax.dynamic_update_slice(rv[l], v[:, 0, :, None, :].astype(rv[l].dtype), (0, 0, t, 0))
+      o = _group_attend(q[:, 0], shared["pk"][l], shared["pv"][l], shared["valid"], rk[l], rv[l], resp_ok)
+      x = _finish(cfg, p, x, o[:, None])
+    h = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps)
+    w = shared["unembed"]
+    logits = jnp.einsum("bd,dv->bv", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    return logits, {"rk": rk, "rv": rv}
 
   # -- training
   def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128):
@@ -445,7 +541,7 @@ class Decoder(nnx.Module):
     @jax.checkpoint
     def chunk(args):
       hc, tc = args
-      logits = jnp.einsum("bcd,dv->bcv", hc, w, preferred_element_type=jnp.float32)
+      logits = jnp.einsum("bcd,dv->bcv", hc.astype(w.dtype), w, preferred_element_type=jnp.float32)
       lse = jax.nn.logsumexp(logits, axis=-1)
       tgt = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
       probs = jax.nn.softmax(logits, axis=-1)

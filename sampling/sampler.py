@@ -7,10 +7,10 @@ How it works (all inside ONE jitted function per shape bucket):
   1. prefill: the P distinct prompts (left-padded to a bucketed length Lb) run through
      `model.step` ONCE, without their last token (whose logits nobody needs: XLA drops
      the unused lm-head). Rows are prompt-major (row i*G+j = sample j of prompt i). The
-     prompt cache [L,P,Lb-1,K,Dh] stays shared by the G rows of a group: each decode step
-     reads it once per group for all G*H/K queries (`_shared_decode_step`); each row has its
-     own response cache [L,P*G,N,K,Dh]. (shared_prompt_cache=False: the prompt cache is
-     repeated G times and decoding uses the generic `Decoder.step`.)
+     prompt cache stays shared by the G rows of a group: `Decoder.group_step` reads it once
+     per group for all G*H/K queries; each row has its own response cache. (With
+     shared_prompt_cache=False the prompt cache is repeated G times and decoding uses the
+     generic `Decoder.step`.)
   2. decode: a `lax.while_loop` feeds one token per row per iteration (the first one is the
      last prompt token) and samples the next. It exits as soon as every row has emitted an
      EOS id or N tokens were generated; the iteration count is returned (`num_steps`).
@@ -138,9 +138,11 @@ def _inverse_cdf(x, u):
   last_j = _BLOCK - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
   j = jnp.minimum(jnp.sum(ci <= t[:, None], axis=-1), last_j)
   tok = (blk * _BLOCK + j).astype(jnp.int32)
-  # Guard against float rounding landing on a zero-probability token (never in exact math).
+  # The chosen block and token have positive mass (the first cumulative sum above t, clamped to
+  # the last positive one), so this guard should never fire; if rounding ever lands on a zero-
+  # probability token it falls back to the block's most probable one (a [B,256] argmax, not [B,V]).
   bad = jnp.take_along_axis(e, tok[:, None], 1)[:, 0] <= 0
-  tok = jnp.where(bad, jnp.argmax(x, axis=-1).astype(jnp.int32), tok)
+  tok = jnp.where(bad, blk * _BLOCK + jnp.argmax(inner, axis=-1).astype(jnp.int32), tok)
   return tok, m[:, 0] + jnp.log(tot)
 
 
@@ -200,58 +202,6 @@ def _to_auto(x, mesh):
   return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
-def _shared_decode_step(model, tok, pos, prompt_kv, resp_kv, t, group_size):
-  """One decode step with the prompt KV cache SHARED by the G rows of a group.
-
-  tok, pos int32 [B=P*G]; prompt_kv = (k, v [L,P,Sp,K,Dh], valid bool [P,Sp]); resp_kv = (k, v
-  [L,B,N,K,Dh]) holding response slots < t; t int32 scalar -> (logits f32 [B,V], new resp_kv).
-  Same math as `Decoder.step` (queries attend prompt slots + earlier response slots + self), but
-  the prompt keys/values are read once per group and multiplied by all G*H/K queries of the
-  group at once, instead of once per row. Uses the layer functions of models.transformer.
-  """
-  from models import transformer as tm
-  cfg = model.cfg
-  pk, pv, pvalid = prompt_kv
-  rk, rv = resp_kv
-  B, G = tok.shape[0], group_size
-  P, N = B // G, rk.shape[2]
-  H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  Hg = H // K
-  cos, sin = tm.rope_cos_sin(cfg, pos[:, None])
-  resp_ok = jnp.arange(N) < t                                            # [N]
-  scale = 1.0 / math.sqrt(Dh)
-
-  def body(x, xs):
-    p, pk_l, pv_l, rk_l, rv_l = xs
-    q, k, v = tm._qkv(cfg, p, x, cos, sin)                                 # [B,1,H|K,Dh]
-    k, v = k.astype(rk_l.dtype), v.astype(rv_l.dtype)
-    qb = q[:, 0].reshape(B, K, Hg, Dh)
-    qp = qb.reshape(P, G, K, Hg, Dh)
-    f32 = jnp.float32
-    s_p = jnp.einsum("pgkhd,pskd->pgkhs", qp, pk_l, preferred_element_type=f32).reshape(B, K, Hg, -1)
-    s_p = jnp.where(jnp.repeat(pvalid, G, axis=0)[:, None, None, :], s_p * scale, tm._NEG)
-    s_r = jnp.einsum("bkhd,bnkd->bkhn", qb, rk_l, preferred_element_type=f32)
-    s_r = jnp.where(resp_ok[None, None, None, :], s_r * scale, tm._NEG)
-    s_n = jnp.einsum("bkhd,bkd->bkh", qb, k[:, 0], preferred_element_type=f32)[..., None] * scale
-    m = jnp.maximum(jnp.maximum(s_p.max(-1, keepdims=True), s_r.max(-1, keepdims=True)), s_n)
-    e_p, e_r, e_n = jnp.exp(s_p - m), jnp.exp(s_r - m), jnp.exp(s_n - m)
-    den = e_p.sum(-1, keepdims=True) + e_r.sum(-1, keepdims=True) + e_n
-    dt = pv_l.dtype
-    o = (jnp.einsum("pgkhs,pskd->pgkhd", (e_p / den).astype(dt).reshape(P, G, K, Hg, -1), pv_l,
-                    preferred_element_type=f32).reshape(B, K, Hg, Dh)
-         + jnp.einsum("bkhn,bnkd->bkhd", (e_r / den).astype(dt), rv_l, preferred_element_type=f32)
-         + (e_n / den) * v[:, 0][:, :, None, :].astype(f32))
-    o = o.astype(x.dtype).reshape(B, 1, H, Dh)
-    return tm._finish(cfg, p, x, o), (k, v)
-
-  x, (k_new, v_new) = jax.lax.scan(body, model._embed(tok[:, None]), (model.layers.values(), pk, pv, rk, rv))
-  rk = jax.lax.dynamic_update_slice(rk, k_new, (0, 0, t, 0, 0))
-  rv = jax.lax.dynamic_update_slice(rv, v_new, (0, 0, t, 0, 0))
-  h = tm.rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
-  logits = jnp.einsum("btd,dv->btv", h, model._unembed_matrix(), preferred_element_type=jnp.float32)
-  return logits[:, 0], (rk, rv)
-
-
 def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new, temperature, top_p,
                    pad_id, eos, *, group_size, n_bucket, greedy, top_k, use_top_p, plain, shared, mesh):
   """prompt int32 [Pb,Lb] left-padded, pmask bool [Pb,Lb] (last column True), row_keys [Pb*G]
@@ -269,13 +219,14 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
   positions = jnp.maximum(jnp.cumsum(pmask, axis=-1) - 1, 0).astype(jnp.int32)
 
   # 1. prefill all but the last prompt token, once per distinct prompt.
-  if shared:  # prompt cache [L,P,Lb-1,K,Dh] kept shared; per-row response cache [L,B,N,K,Dh]
+  if shared:  # prompt cache kept once per prompt, per-row response caches (Decoder.group_step)
     pc = model.init_cache(P, max(Lb - 1, 1))
     if Lb > 1:
       _, pc = model.step(prompt[:, :-1], positions[:, :-1], pc, attention_mask=pmask[:, :-1])
-    prompt_kv = (_constrain(pc["k"], mesh, 1), _constrain(pc["v"], mesh, 1), _constrain(pc["valid"], mesh))
-    rshape = (pc["k"].shape[0], B, N) + pc["k"].shape[3:]
-    cache = (_constrain(jnp.zeros(rshape, pc["k"].dtype), mesh, 1), _constrain(jnp.zeros(rshape, pc["v"].dtype), mesh, 1))
+    const, cache = model.group_decode_init(pc, G, N)
+    const.update(pk=[_constrain(a, mesh) for a in const["pk"]], pv=[_constrain(a, mesh) for a in const["pv"]],
+                 valid=_constrain(const["valid"], mesh))
+    cache = jax.tree.map(lambda a: _constrain(a, mesh), cache)
   else:       # generic: Decoder.step on one cache, repeated to the P*G rows
     cache = model.init_cache(P, Lb + N)
     if Lb > 1:
@@ -299,7 +250,7 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
   def body(c):
     t = c["t"]
     if shared:
-      logits, cache = _shared_decode_step(model, c["tok"], c["pos"], prompt_kv, c["cache"], t, G)
+      logits, cache = model.group_step(c["tok"], c["pos"], t, const, c["cache"])
     else:
       logits, cache = model.step(c["tok"][:, None], c["pos"][:, None], c["cache"])
       logits = logits[:, 0]

@@ -1,5 +1,6 @@
 """Tests of sampling/: masks vs NumPy references, the sampler vs the model's full forward."""
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -246,6 +247,32 @@ def test_group_sharing_equals_prefilling_each_copy(model):
   generic = sampling.generate(model, PROMPTS, group_size=G, max_new_tokens=12, rng=keys, shared_prompt_cache=False)
   np.testing.assert_array_equal(shared.tokens, generic.tokens)
   np.testing.assert_allclose(shared.logprobs, generic.logprobs, atol=1e-5)
+
+
+def test_bf16_group_step_agrees_with_step_and_trainer(tiny):
+  """bf16 compute (f32 params, as in training): the shared-prompt-cache decode path rounds the same
+  values as Decoder.step and token_logprobs (matmul operands in bf16, f32 accumulation and residual),
+  so the sampler's raw log-probs match the trainer's to float-accumulation noise, not bf16 noise."""
+  model32, _ = tiny
+  graphdef, state = nnx.split(model32)
+  cfg = dataclasses.replace(model32.cfg, dtype="bfloat16")
+  model = nnx.merge(nnx.split(nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0))))[0], state)
+  keys = jax.random.split(jax.random.key(3), 3 * 2)
+  out = sampling.generate(model, PROMPTS, group_size=2, max_new_tokens=12, rng=keys)
+  generic = sampling.generate(model, PROMPTS, group_size=2, max_new_tokens=12, rng=keys, shared_prompt_cache=False)
+  seq = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+  msk = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
+  lp = jax.jit(lambda i, t, m: model.token_logprobs(i, t, attention_mask=m)[0])(seq[:, :-1], seq[:, 1:], msk[:, :-1])
+  L = out.prompt_tokens.shape[1]
+  m = np.asarray(out.mask)
+  diff = np.abs(np.asarray(lp[:, L - 1:]) - np.asarray(out.model_logprobs))[m]
+  # the same tokens under the f32 model: bf16 rounding itself is much larger than `diff`
+  lp32 = jax.jit(lambda i, t, m: model32.token_logprobs(i, t, attention_mask=m)[0])(seq[:, :-1], seq[:, 1:], msk[:, :-1])
+  bf16_effect = np.abs(np.asarray(lp32[:, L - 1:]) - np.asarray(out.model_logprobs))[m]
+  print(f"bf16: max |sampler - token_logprobs| = {diff.max():.2e}, bf16 vs f32 = {bf16_effect.max():.2e}")
+  assert diff.max() < 1e-4 and bf16_effect.max() > 100 * diff.max()
+  same = np.asarray(out.tokens) == np.asarray(generic.tokens)
+  assert same.mean() > 0.9  # a bf16 rounding flip can change a draw; the paths are the same model
 
 
 def test_different_prompt_lengths_batch_equals_alone(model):
