@@ -3,7 +3,9 @@
 One file, one module. Parameters of the L layers are stored *stacked* (leading
 axis L) and the layers run under `jax.lax.scan`, so a 30-layer model compiles
 one layer body, remat is one `jax.checkpoint` around it, and the KV cache is a
-single [L, B, S, Hkv, Dh] array per K and V.
+single [L, B, S, Hkv, Dh] array per K and V. The sampler's decode step (`group_step`) is the
+exception: it unrolls the layers over weights sliced once per call, with per-layer caches,
+because a scan's per-step weight slices are copies on XLA:CPU.
 
 Numerics: `dtype` is the dtype of every matmul's operands (weights and the activations going
 into them, K/V included); matmuls accumulate in f32 and return f32, and the residual stream,
