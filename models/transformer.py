@@ -380,9 +380,9 @@ class Decoder(nnx.Module):
     w = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
     return w.astype(_dtype(self.cfg.dtype))
 
-  def _logits(self, h):
-    """h f32 [..., D] (final-normed) -> logits f32 [..., V]."""
-    w = self._unembed_matrix()
+  def _logits(self, h, w=None):
+    """h f32 [..., D] (final-normed), w: the [D,V] unembedding if already at hand -> logits f32 [..., V]."""
+    w = self._unembed_matrix() if w is None else w
     return jnp.einsum("...d,dv->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
   def _embed(self, tokens):
@@ -517,9 +517,7 @@ class Decoder(nnx.Module):
       rv[l] = jax.lax.dynamic_update_slice(rv[l], v[:, 0, :, None, :].astype(rv[l].dtype), (0, 0, t, 0))
       o = _group_attend(q[:, 0], shared["pk"][l], shared["pv"][l], shared["valid"], rk[l], rv[l], resp_ok)
       x = _finish(cfg, p, x, o[:, None])
-    h = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps)
-    w = shared["unembed"]
-    logits = jnp.einsum("bd,dv->bv", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    logits = self._logits(rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps), shared["unembed"])
     return logits, {"rk": rk, "rv": rv}
 
   # -- training
@@ -543,7 +541,7 @@ class Decoder(nnx.Module):
     @jax.checkpoint
     def chunk(args):
       hc, tc = args
-      logits = jnp.einsum("bcd,dv->bcv", hc.astype(w.dtype), w, preferred_element_type=jnp.float32)
+      logits = self._logits(hc, w)
       lse = jax.nn.logsumexp(logits, axis=-1)
       tgt = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
       probs = jax.nn.softmax(logits, axis=-1)
