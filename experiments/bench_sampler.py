@@ -73,6 +73,11 @@ def main():
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--hf_dtypes", default="float32,bfloat16", help="transformers' dtypes ('' = skip it)")
   ap.add_argument("--json", default=None, help="write the results here")
+  ap.add_argument("--step_time", action="store_true",
+                  help="also time 1-token calls: prints our time per decode step and per-call overhead")
+  ap.add_argument("--trace", default=None,
+                  help="also write a jax.profiler trace of one more run of our first dtype to this folder "
+                       "(view it in TensorBoard or Perfetto: time per XLA op of the decode loop)")
   args = ap.parse_args()
   P, G, N = args.prompts, args.group, args.new_tokens
   if P > len(QUESTIONS):
@@ -125,11 +130,11 @@ def main():
     model, _ = models.load_pretrained(gguf, dtype=dt, tokenizer=False)
     split = jax.block_until_ready(__import__("flax").nnx.split(model))
 
-    def run_ours(seed, split=split):
-      out = sampling.generate(split, prompts, group_size=G, max_new_tokens=N, temperature=1.0, eos_ids=(),
+    def run_ours(seed, split=split, n=N):
+      out = sampling.generate(split, prompts, group_size=G, max_new_tokens=n, temperature=1.0, eos_ids=(),
                               rng=jax.random.key(seed))
       jax.block_until_ready(out.tokens)
-      assert out.tokens.shape == (P * G, N) and bool(out.mask.all())
+      assert out.tokens.shape == (P * G, n) and bool(out.mask.all())
       return out
     c0 = sampling.num_compilations()
     t = time.perf_counter()
@@ -150,6 +155,24 @@ def main():
       o["run"](N)
       o["runs"].append(time.perf_counter() - t)
       print(f"transformers {dt}: {o['runs'][-1]:.2f}s  ({n_tok / o['runs'][-1]:.1f} tok/s)", flush=True)
+
+  if args.step_time and N > 1:  # time per decode step = (best N-token run - best 1-token run) / (N - 1)
+    for dt, o in ours.items():
+      o["run"](0, n=1)
+      one = []
+      for r in range(args.repeats):
+        t = time.perf_counter()
+        o["run"](r + 1, n=1)
+        one.append(time.perf_counter() - t)
+      o["step_ms"] = (min(o["runs"]) - min(one)) / (N - 1) * 1e3
+      print(f"ours {dt}: {o['step_ms']:.1f} ms per decode step of {P * G} rows; one-token call "
+            f"(prefill + setup) {min(one):.2f}s")
+
+  if args.trace and ours:
+    jax.profiler.start_trace(args.trace)
+    next(iter(ours.values()))["run"](args.repeats + 1)
+    jax.profiler.stop_trace()
+    print(f"profiler trace written under {args.trace}")
 
   cfg = next(iter(ours.values()))["model"].cfg if ours else None
   ctx = float(np.mean(lens)) + (N + 1) / 2.0
@@ -172,7 +195,7 @@ def main():
   print("|---|---|---|---|---|")
   fmt = lambda v, f: "-" if v is None else format(v, f)
   for r in rows:
-    print(f"| {r['sampler']} | {r['tok_s']:.0f} | {fmt(r['ratio'], '.2f')}x | {fmt(100 * (r['roof'] or 0), '.0f')}% "
+    print(f"| {r['sampler']} | {r['tok_s']:.0f} | {fmt(r['ratio'], '.2f')}{'' if r['ratio'] is None else 'x'} | {fmt(100 * (r['roof'] or 0), '.0f')}% "
           f"| {fmt(r['compile_s'], '.1f')} |")
   if args.json:
     with open(args.json, "w") as f:
