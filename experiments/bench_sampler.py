@@ -193,9 +193,9 @@ def main():
         f"roofline f32 {roof['float32']:.0f} / bf16 {roof['bfloat16']:.0f} GFLOP/s\n")
   print("| sampler | tokens/s | vs transformers (same dtype) | % of matmul roofline (same dtype) | compile (s) |")
   print("|---|---|---|---|---|")
-  fmt = lambda v, f: "-" if v is None else format(v, f)
+  fmt = lambda v, f, unit="": "-" if v is None else format(v, f) + unit
   for r in rows:
-    print(f"| {r['sampler']} | {r['tok_s']:.0f} | {fmt(r['ratio'], '.2f')}{'' if r['ratio'] is None else 'x'} | {fmt(100 * (r['roof'] or 0), '.0f')}% "
+    print(f"| {r['sampler']} | {r['tok_s']:.0f} | {fmt(r['ratio'], '.2f', 'x')} | {fmt(100 * (r['roof'] or 0), '.0f')}% "
           f"| {fmt(r['compile_s'], '.1f')} |")
   if args.json:
     with open(args.json, "w") as f:
