@@ -131,12 +131,20 @@ _SUMMED = ("pg_loss", "kl_loss", "entropy_loss", "num_tokens")   # global-denomi
 _MAXED = ("is_ratio_max",)
 
 
+def all_finite(tree):
+  """bool scalar: every float leaf of a pytree is free of NaN/inf (non-float leaves count as finite)."""
+  flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0)):
   """-> jitted update(params, opt_state, mb, hp) with mb arrays [M, micro, ...] (M micro-batches of a minibatch).
 
   mb: the `arrays` of the module docstring (old_logp required, ref_logp optional). hp: loss_hparams.
   static: loss_static. sampling: static (temperature, top_k, top_p).
-  Returns (params, opt_state, metrics); params/opt_state unchanged if the loss or gradient is non-finite.
+  Returns (params, opt_state, metrics). The update is not applied (params/opt_state returned unchanged,
+  metrics skipped=1) unless the loss, the gradient, the update (its global norm: lr=1e30 overflows it) and
+  every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
   """
   def loss_fn(params, x, hp, denoms, max_len):
     logp, ent = seq_logprobs(graphdef, params, x, sampling)
@@ -162,9 +170,11 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0)):
     met = {k: (v.sum() if k in _SUMMED else v.max() if k in _MAXED else (v * w).sum()) for k, v in mets.items()}
     met["loss"] = loss.sum()
     met["grad_norm"] = optax.global_norm(grads)
-    finite = jnp.isfinite(met["loss"]) & jnp.isfinite(met["grad_norm"])
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    met["update_norm"] = optax.global_norm(updates)
+    finite = (jnp.isfinite(met["loss"]) & jnp.isfinite(met["grad_norm"]) & jnp.isfinite(met["update_norm"])
+              & all_finite(new_params) & all_finite(new_opt))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     met["skipped"] = (~finite).astype(jnp.float32)
     return keep(new_params, params), keep(new_opt, opt_state), met
@@ -177,7 +187,7 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh):
 
   Minibatches are a fresh permutation of the rows per epoch (seeded by (seed, step)), each split into
   micro-batches of tc.micro_batch_size rows. metrics: floats averaged over the updates (is_ratio_max: max,
-  skipped: summed).
+  skipped: summed; skipped_trailing: how many of the last updates were skipped in a row).
   """
   n = len(arrays["adv"])
   mb_rows = n // tc.minibatches
@@ -199,4 +209,10 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh):
   out = {k: float(np.mean([x[k] for x in mets])) for k in mets[0]}
   out["is_ratio_max"] = float(np.max([x["is_ratio_max"] for x in mets]))
   out["skipped"] = float(np.sum([x["skipped"] for x in mets]))
+  trailing = 0   # updates skipped in a row at the end of this step (the trainer adds them up across steps)
+  for x in reversed(mets):
+    if not x["skipped"]:
+      break
+    trailing += 1
+  out["skipped_trailing"] = float(trailing)
   return params, opt_state, out
