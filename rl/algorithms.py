@@ -29,6 +29,7 @@ class Algorithm:
   advantages: Callable
   settings: dict = dataclasses.field(default_factory=dict)   # dotted config key -> value (see rl.config.base)
   rollout: bool = True    # False: the batch is the gold solutions (SFT), no sampling
+  group_relative: bool = True   # advantages compare samples of a group: group_size 1 makes them all 0
   doc: str = ""
 
 
@@ -62,16 +63,19 @@ REGISTRY = {
     "dr_grpo": Algorithm(_grpo, {"adv.normalize_std": False, "loss.agg": "seq-mean-token-sum-norm"},
                          doc="Dr.GRPO: mean-centred advantages (no std), constant max-length normaliser"),
     "rloo": Algorithm(_rloo, doc="REINFORCE leave-one-out baseline"),
-    "psr": Algorithm(_psr_nsr("psr"), _REINFORCE, doc="PSR: +1 on correct samples, only those kept"),
-    "nsr": Algorithm(_psr_nsr("nsr"), _REINFORCE, doc="NSR: -1 on incorrect samples, only those kept"),
-    "w_reinforce": Algorithm(_psr_nsr("weighted"), _REINFORCE, doc="W-REINFORCE: +lam correct, -1 incorrect"),
+    "psr": Algorithm(_psr_nsr("psr"), _REINFORCE, group_relative=False,
+                     doc="PSR: +1 on correct samples, only those kept"),
+    "nsr": Algorithm(_psr_nsr("nsr"), _REINFORCE, group_relative=False,
+                     doc="NSR: -1 on incorrect samples, only those kept"),
+    "w_reinforce": Algorithm(_psr_nsr("weighted"), _REINFORCE, group_relative=False,
+                             doc="W-REINFORCE: +lam correct, -1 incorrect"),
     "positive_only": Algorithm(_signed("positive"), doc="GRPO advantages over the full group, A > 0 kept"),
     "negative_only": Algorithm(_signed("negative"), doc="GRPO advantages over the full group, A < 0 kept"),
     "gspo": Algorithm(_grpo, {"loss.loss_type": "gspo", "loss.agg": "seq-mean-token-mean"},
                       doc="GSPO: GRPO advantages, sequence-level length-normalised ratio with its own clip"),
     "cispo": Algorithm(_grpo, {"loss.loss_type": "cispo", "loss.agg": "token-mean"},
                        doc="CISPO: GRPO advantages, clipped stop-gradient IS weight on the REINFORCE term"),
-    "sft": Algorithm(_sft, rollout=False, doc="SFT on the gold solutions (advantage 1)"),
+    "sft": Algorithm(_sft, rollout=False, group_relative=False, doc="SFT on the gold solutions (advantage 1)"),
 }
 
 

@@ -11,6 +11,7 @@ values of enumerated keys come from the modules that implement them.
 """
 import importlib.util
 import json
+import math
 import os
 
 import ml_collections
@@ -50,6 +51,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
   c.eval_every = 0            # steps between evaluations (0 = only before and after training)
   c.eval_at_start = True      # evaluate the initial policy (step 0) too
   c.allow_config_change = False   # resume even if config.model / config.task differ from workdir/config.json
+  c.restart = False           # start over at step 0 in a workdir that has metrics/config.json but no checkpoint
   c.export_hf = True          # write the final policy to workdir/hf/ (Hugging Face layout)
 
   c.model = ml_collections.ConfigDict(dict(
@@ -105,6 +107,8 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       ppo_epochs=1, minibatches=1,
       micro_batch_size=0,      # samples per gradient-accumulation increment (0 = the whole minibatch)
+      max_skipped_updates=3,   # stop (one-line error naming the step) after this many non-finite updates in a row
+      spike_threshold=10.0,    # warn + metric when grad_norm exceeds this x its running mean (0 = off)
   ))
   c.ref = ml_collections.ConfigDict(dict(
       reset_every=0,           # ProRL: new reference every N steps (0 = never)
@@ -159,6 +163,72 @@ def _set(c, dotted, value):
     raise ValueError(f"config.{dotted}: unknown key or bad value {value!r} ({e})") from None
 
 
+INF = float("inf")
+# Every numeric key: (low, high, low_open, high_open): values must be finite and inside. `validate` rejects a
+# numeric key missing from this table (a test checks every algorithm's base() is covered). optim.lr has no upper
+# bound: an lr that blows up the parameters is caught by the update guard (rl.update), not guessed at here.
+RANGES = {
+    "seed": (0, INF, False, True),
+    "total_steps": (1, INF, False, True), "checkpoint_every": (0, INF, False, True),
+    "keep_checkpoints": (1, INF, False, True), "eval_every": (0, INF, False, True),
+    "model.hidden_size": (1, INF, False, True), "model.num_layers": (1, INF, False, True),
+    "model.num_heads": (1, INF, False, True), "model.num_kv_heads": (1, INF, False, True),
+    "model.intermediate_size": (1, INF, False, True),
+    "task.num_train": (0, INF, False, True), "task.num_eval": (0, INF, False, True),
+    "rollout.prompts_per_step": (1, INF, False, True), "rollout.group_size": (1, INF, False, True),
+    "rollout.max_new_tokens": (1, INF, False, True), "rollout.temperature": (0, INF, False, True),
+    "rollout.top_p": (0, 1, True, False), "rollout.top_k": (0, INF, False, True),
+    "rollout.reward_timeout": (0, INF, True, True), "rollout.reward_workers": (1, INF, False, True),
+    "adv.lam": (0, 1, False, False),
+    "loss.clip_low": (0, 1, False, True), "loss.clip_high": (0, INF, False, True),
+    "loss.dual_clip": (0, INF, False, True), "loss.kl_coef": (0, INF, False, True),
+    "loss.entropy_coef": (-INF, INF, True, True),
+    "loss.gspo_clip_low": (0, 1, False, True), "loss.gspo_clip_high": (0, INF, False, True),
+    "loss.cispo_clip_high": (0, INF, False, True), "loss.is_threshold": (0, INF, True, True),
+    "shaping.rlr_rho": (-INF, INF, True, True), "shaping.rlr_scale": (0, INF, True, True),
+    "shaping.rlr_low": (-INF, INF, True, True), "shaping.rlr_high": (-INF, INF, True, True),
+    "shaping.overlong_buffer": (0, INF, False, True), "shaping.overlong_factor": (0, INF, False, True),
+    "filters.max_extra_draws": (0, INF, False, True), "filters.grad_filter_tau": (0, INF, False, True),
+    "osi.max_group_accuracy": (0, 1, False, False), "osi.per_group": (1, INF, False, True),
+    "optim.lr": (0, INF, True, True), "optim.warmup_steps": (0, INF, False, True),
+    "optim.weight_decay": (0, INF, False, True), "optim.b1": (0, 1, False, True), "optim.b2": (0, 1, False, True),
+    "optim.eps": (0, INF, True, True), "optim.grad_clip": (0, INF, False, True),
+    "train.ppo_epochs": (1, INF, False, True), "train.minibatches": (1, INF, False, True),
+    "train.micro_batch_size": (0, INF, False, True), "train.max_skipped_updates": (1, INF, False, True),
+    "train.spike_threshold": (0, INF, False, True),
+    "ref.reset_every": (0, INF, False, True), "ref.reset_patience": (0, INF, False, True),
+    "eval.n_samples": (1, INF, False, True), "eval.runs": (1, INF, False, True),
+    "eval.temperature": (0, INF, False, True), "eval.max_new_tokens": (0, INF, False, True),
+    "eval.prompts_per_call": (0, INF, False, True),
+    "log.samples_every": (0, INF, False, True), "log.samples_printed": (0, INF, False, True),
+    "mesh.data": (-1, INF, False, True), "mesh.fsdp": (-1, INF, False, True),
+}
+
+
+def numeric_keys(c, prefix=""):
+  """Dotted keys of every int/float leaf (not bool), skipping free-form dicts (task.kwargs)."""
+  for k, v in c.items():
+    key = prefix + k
+    if key == "task.kwargs":
+      continue
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from numeric_keys(v, key + ".")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      yield key
+
+
+def check_range(key, v):
+  if key not in RANGES:
+    raise ValueError(f"config.{key}={v!r} has no range in rl.config.RANGES (add one)")
+  lo, hi, lo_open, hi_open = RANGES[key]
+  if not math.isfinite(v):
+    raise ValueError(f"config.{key}={v!r} must be a finite number")
+  if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+    show = lambda x: "inf" if x == INF else "-inf" if x == -INF else repr(x)
+    raise ValueError(f"config.{key}={v!r} must be in {'(' if lo_open else '['}{show(lo)}, {show(hi)}"
+                     f"{')' if hi_open else ']'}")
+
+
 def validate(c):
   """Raises ValueError naming the config key of the first bad value; returns c."""
   for key, allowed in CHOICES.items():
@@ -169,16 +239,20 @@ def validate(c):
     if _get(c, key) != value:
       raise ValueError(f"config.{key}={_get(c, key)!r} contradicts algo={c.algo!r}, which needs {value!r} "
                        f"(start from rl.config.base({c.algo!r}))")
-  for key in ("total_steps", "rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
-              "train.ppo_epochs", "train.minibatches", "eval.n_samples", "eval.runs"):
-    if _get(c, key) < 1:
-      raise ValueError(f"config.{key}={_get(c, key)!r} must be >= 1")
-  for key in ("checkpoint_every", "eval_every", "train.micro_batch_size", "ref.reset_every", "ref.reset_patience",
-              "log.samples_every", "log.samples_printed", "rollout.top_k", "rollout.temperature"):
-    if _get(c, key) < 0:
-      raise ValueError(f"config.{key}={_get(c, key)!r} must be >= 0")
-  if not 0.0 < c.rollout.top_p <= 1.0:
-    raise ValueError(f"config.rollout.top_p={c.rollout.top_p!r} must be in (0, 1]")
+  for key in numeric_keys(c):
+    check_range(key, _get(c, key))
+  if c.rollout.group_size < 2 and algorithms.REGISTRY[c.algo].group_relative:
+    raise ValueError(f"config.rollout.group_size={c.rollout.group_size} must be >= 2 for algo={c.algo!r} "
+                     f"(its advantages compare samples of a group: with 1 every advantage is 0)")
+  if c.mesh.data == -1 and c.mesh.fsdp == -1:
+    raise ValueError("config.mesh.data and config.mesh.fsdp cannot both be -1 (= all remaining devices)")
+  for key in ("mesh.data", "mesh.fsdp"):
+    if _get(c, key) == 0:
+      raise ValueError(f"config.{key}=0 must be >= 1 or -1 (= all remaining devices)")
+  if c.loss.dual_clip and c.loss.dual_clip <= 1:
+    raise ValueError(f"config.loss.dual_clip={c.loss.dual_clip!r} must be 0 (off) or > 1")
+  if c.shaping.rlr_low > c.shaping.rlr_high:
+    raise ValueError(f"config.shaping.rlr_low={c.shaping.rlr_low!r} must be <= rlr_high={c.shaping.rlr_high!r}")
   n = c.rollout.prompts_per_step * c.rollout.group_size
   if n % c.train.minibatches:
     raise ValueError(f"config.train.minibatches={c.train.minibatches} must divide prompts_per_step*group_size={n}")
@@ -187,8 +261,6 @@ def validate(c):
     raise ValueError(f"config.train.micro_batch_size={c.train.micro_batch_size} must divide the minibatch size {mb}")
   if c.loss.kl_kind == "none" and c.loss.kl_coef:
     raise ValueError(f"config.loss.kl_coef={c.loss.kl_coef} needs config.loss.kl_kind other than 'none'")
-  if c.algo in ("psr", "nsr", "w_reinforce") and not 0 <= c.adv.lam <= 1:
-    raise ValueError(f"config.adv.lam={c.adv.lam} must be in [0, 1]")
   return c
 
 
