@@ -40,13 +40,42 @@ def _py(v):
   return v
 
 
-def truncate_jsonl(path, last_step):
-  """Keeps the rows of a JSONL file with "step" <= last_step (all are dropped for last_step 0)."""
+def read_jsonl(path, warn=note):
+  """-> [(raw line bytes, row dict)] of a JSONL file of step rows; [] if missing. Tolerates a killed write.
+
+  A line that is not a JSON object with a "step" (the torn last line of a run killed mid-write, or any other
+  damaged line) is skipped with one warning "path:line: skipped ..." via `warn`.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    pieces = f.read().split(b"\n")
+  torn_tail = pieces[-1] != b""   # a complete file ends with "\n", leaving an empty last piece
+  if not torn_tail:
+    pieces.pop()
+  out = []
+  for i, raw in enumerate(pieces, start=1):
+    if not raw.strip():
+      continue
+    try:
+      row = json.loads(raw.decode("utf-8"))
+      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise ValueError("not a JSON object with an integer 'step'")
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+      what = "the torn last line (a write cut short by a kill?)" if torn_tail and i == len(pieces) else "a damaged line"
+      warn(f"{path}:{i}: skipped {what}: {type(e).__name__}: {str(e)[:80]}")
+      continue
+    out.append((raw, row))
+  return out
+
+
+def truncate_jsonl(path, last_step, warn=note):
+  """Keeps the rows of a JSONL file with "step" <= last_step (all are dropped for last_step 0); damaged lines
+  (a torn last line) are dropped with a warning instead of blocking the resume."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = [l for l in f if l.strip() and last_step and json.loads(l)["step"] <= last_step]
-  with open(path + ".tmp", "w") as f:
+  rows = [raw + b"\n" for raw, row in read_jsonl(path, warn) if last_step and row["step"] <= last_step]
+  with open(path + ".tmp", "wb") as f:
     f.writelines(rows)
   os.replace(path + ".tmp", path)
 
@@ -141,7 +170,8 @@ def step_metrics(batch, old_logp, upd, info, *, lr, is_sft):
       "loss/entropy": upd["entropy_loss"],
       "clip_frac/low": upd["clip_frac_low"], "clip_frac/high": upd["clip_frac_high"],
       "kl/approx_old": upd["approx_kl"], "kl/ref": upd["ref_kl"], "entropy": upd["entropy"],
-      "grad_norm": upd["grad_norm"], "updates/skipped": int(upd["skipped"]), "lr": lr,
+      "grad_norm": upd["grad_norm"], "update_norm": upd["update_norm"], "updates/skipped": int(upd["skipped"]),
+      "lr": lr,
       "sampler_logp_diff": 0.0 if is_sft else float(lp_diff.sum() / max(float(sampled.sum()), 1.0)),
       **info,
   }
