@@ -41,6 +41,26 @@ def model():
   return _tiny_model()
 
 
+@pytest.fixture(scope="module")
+def truncated(model):
+  """One rollout at temperature 1.2, top-k 20, top-p 0.9 (shared: a sampler compile is the slow part)."""
+  return _rollout(model, **WARP)
+
+
+@pytest.fixture(scope="module")
+def trainer_lp(model, truncated):
+  """The trainer-side log-probs at the sampler's settings, jitted once: (params, inputs, targets, attn) -> ..."""
+  return jax.jit(_trainer_logprobs_fn(model, truncated[0].prompt_tokens.shape[1], **WARP))
+
+
+@pytest.fixture(scope="module")
+def full_logits(model, truncated):
+  """Full-forward logits predicting each response token of the truncated rollout: f32 [P*G, N, V]."""
+  out, seq, attn = truncated
+  logits = jax.jit(lambda s, a: model(s, attention_mask=a))(seq[:, :-1], attn[:, :-1])
+  return np.asarray(logits)[:, out.prompt_tokens.shape[1] - 1:]
+
+
 def _rollout(model, **warp):
   out = sampling.generate(model, PROMPTS, group_size=4, max_new_tokens=20, rng=jax.random.key(3), **warp)
   seq = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
@@ -48,13 +68,13 @@ def _rollout(model, **warp):
   return out, seq, attn
 
 
-def _trainer_logprobs_fn(model, seq, attn, n_prompt, **warp):
-  """-> f(params) = (logp, entropy) of the response tokens [P*G, N], as the trainer computes them."""
+def _trainer_logprobs_fn(model, n_prompt, **warp):
+  """-> f(params, inputs, targets, attn) = (logp, entropy) of the response tokens [P*G, N], as the trainer
+  computes them (inputs/targets/attn [P*G, L+N-1]: the sequence without its last / first token)."""
   graphdef, _ = nnx.split(model, nnx.Param)
 
-  def f(params):
-    lp, ent = nnx.merge(graphdef, params).token_logprobs(seq[:, :-1], seq[:, 1:], attention_mask=attn[:, :-1],
-                                                          chunk_size=8, **warp)
+  def f(params, inputs, targets, attn):
+    lp, ent = nnx.merge(graphdef, params).token_logprobs(inputs, targets, attention_mask=attn, chunk_size=8, **warp)
     return lp[:, n_prompt - 1:], ent[:, n_prompt - 1:]
   return f
 
@@ -78,19 +98,17 @@ def _np_warped_logprobs(logits, temperature, top_k, top_p):
   return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def test_sampler_and_trainer_logprobs_agree_with_truncation(model):
+def test_sampler_and_trainer_logprobs_agree_with_truncation(model, truncated, trainer_lp, full_logits):
   """T=1.2, top-k 20, top-p 0.9: the sampler's per-token log-probs equal token_logprobs within 1e-5 for every
   response token, and both equal a float64 NumPy replay of the warpers on the full forward's logits."""
-  out, seq, attn = _rollout(model, **WARP)
-  n_prompt = out.prompt_tokens.shape[1]
+  out, seq, attn = truncated
   mask = np.asarray(out.mask)
-  lp, ent = jax.jit(_trainer_logprobs_fn(model, seq, attn, n_prompt, **WARP))(nnx.state(model, nnx.Param))
+  lp, ent = trainer_lp(nnx.state(model, nnx.Param), seq[:, :-1], seq[:, 1:], attn[:, :-1])
   lp, sampler_lp = np.asarray(lp), np.asarray(out.logprobs)
   assert mask.sum() > 200
   np.testing.assert_allclose(lp[mask], sampler_lp[mask], atol=1e-5, rtol=0)
 
-  logits = np.asarray(jax.jit(lambda s, a: model(s, attention_mask=a))(seq[:, :-1], attn[:, :-1]))
-  logits = logits[:, n_prompt - 1:]
+  logits = full_logits
   want_all = _np_warped_logprobs(logits, **WARP)
   tok = np.asarray(out.tokens)
   want = np.take_along_axis(want_all, tok[..., None], -1)[..., 0]
@@ -108,12 +126,11 @@ def test_sampler_and_trainer_logprobs_agree_with_truncation(model):
   np.testing.assert_allclose(np.asarray(ent)[mask], -(p * np.log(p)).sum(-1)[mask], atol=1e-4)
 
 
-def test_first_update_ratio_is_exactly_one(model):
+def test_first_update_ratio_is_exactly_one(model, truncated):
   """old log-probs from token_logprobs (jitted, no gradient) and the current ones inside the jitted gradient of
   the PPO loss: the ratio is exactly 1 for every token at the first update (same params)."""
-  out, seq, attn = _rollout(model, **WARP)
-  n_prompt = out.prompt_tokens.shape[1]
-  f = _trainer_logprobs_fn(model, seq, attn, n_prompt, **WARP)
+  out, seq, attn = truncated
+  f = lambda p: _trainer_logprobs_fn(model, out.prompt_tokens.shape[1], **WARP)(p, seq[:, :-1], seq[:, 1:], attn[:, :-1])
   params = nnx.state(model, nnx.Param)
   old = jax.jit(lambda p: f(p)[0])(params)
   adv = jnp.asarray(np.random.default_rng(0).normal(size=out.tokens.shape[0]).astype(np.float32))
@@ -131,44 +148,45 @@ def test_first_update_ratio_is_exactly_one(model):
 
 def test_plain_sampling_unchanged(model):
   """Temperature 1 without truncation: the sampler's log-probs and raw model log-probs are the raw model's,
-  equal to token_logprobs' defaults (which also equal its explicit temperature=1 call, bit for bit)."""
+  equal to token_logprobs' defaults."""
   out, seq, attn = _rollout(model)
   n_prompt = out.prompt_tokens.shape[1]
   params = nnx.state(model, nnx.Param)
-  lp = np.asarray(jax.jit(lambda p: _trainer_logprobs_fn(model, seq, attn, n_prompt)(p)[0])(params))
-  lp1 = np.asarray(jax.jit(lambda p: _trainer_logprobs_fn(model, seq, attn, n_prompt, temperature=1.0, top_k=0,
-                                                          top_p=1.0)(p)[0])(params))
+  lp = np.asarray(jax.jit(_trainer_logprobs_fn(model, n_prompt))(params, seq[:, :-1], seq[:, 1:], attn[:, :-1])[0])
   mask = np.asarray(out.mask)
-  assert np.array_equal(lp, lp1)
   np.testing.assert_allclose(lp[mask], np.asarray(out.logprobs)[mask], atol=1e-5, rtol=0)
   np.testing.assert_allclose(lp[mask], np.asarray(out.model_logprobs)[mask], atol=1e-5, rtol=0)
 
 
-def test_targets_outside_the_truncated_set_stay_finite(model):
+def test_targets_outside_the_truncated_set_stay_finite(model, truncated, trainer_lp, full_logits):
   """A target the masks would drop (e.g. an injected solution's token) is kept: its log-prob is its tempered
   logit minus the log-sum-exp over the kept set plus itself, not -inf."""
-  seq = jnp.asarray([[5, 6, 7, 8, 9, 10]])
-  logits = np.asarray(model(seq[:, :-1]), np.float64)[0]            # [5, V]
-  targets = np.argmin(logits, -1)                                    # least probable: outside top-k and top-p
-  graphdef, params = nnx.split(model, nnx.Param)
-  lp, _ = nnx.merge(graphdef, params).token_logprobs(seq[:, :-1], jnp.asarray(targets)[None], **WARP)
-  lp = np.asarray(lp)[0]
+  out, seq, attn = truncated
+  n_prompt = out.prompt_tokens.shape[1]
+  worst = np.argmin(full_logits, -1)                                 # least probable: outside top-k and top-p
+  targets = np.asarray(seq[:, 1:]).copy()
+  targets[:, n_prompt - 1:] = worst
+  lp = np.asarray(trainer_lp(nnx.state(model, nnx.Param), seq[:, :-1], jnp.asarray(targets), attn[:, :-1])[0])
+  logits = np.asarray(full_logits, np.float64)
   kept = np.isfinite(_np_warped_logprobs(logits, **WARP))
-  kept[np.arange(5), targets] = True
+  np.put_along_axis(kept, worst[..., None], True, -1)
   x = np.where(kept, logits / 1.2, -np.inf)
   m = x.max(-1, keepdims=True)
-  want = (x - m - np.log(np.exp(x - m).sum(-1, keepdims=True)))[np.arange(5), targets]
-  assert np.all(np.isfinite(lp))
-  np.testing.assert_allclose(lp, want, atol=1e-4)
+  want = np.take_along_axis(x - m - np.log(np.exp(x - m).sum(-1, keepdims=True)), worst[..., None], -1)[..., 0]
+  mask = np.asarray(out.mask)
+  assert np.all(np.isfinite(lp[mask]))
+  np.testing.assert_allclose(lp[mask], want[mask], atol=1e-4)
 
 
-def test_greedy_scores_raw_model_logprobs(model):
-  """temperature 0 (greedy): the sampler records raw model log-probs, and so does token_logprobs."""
+def test_greedy_and_explicit_defaults_score_raw_model_logprobs(model):
+  """temperature 0 (greedy): the sampler records raw model log-probs, and so does token_logprobs; so does an
+  explicit temperature=1, top_k=0, top_p=1 (bit for bit the default call)."""
   seq = jnp.asarray([[5, 6, 7, 8, 9, 10]])
   graphdef, params = nnx.split(model, nnx.Param)
-  m = nnx.merge(graphdef, params)
-  a = m.token_logprobs(seq[:, :-1], seq[:, 1:], temperature=0.0, top_k=5, top_p=0.5)[0]
-  b = m.token_logprobs(seq[:, :-1], seq[:, 1:])[0]
-  assert np.array_equal(np.asarray(a), np.asarray(b))
+  lp = lambda **warp: np.asarray(jax.jit(lambda i, t: nnx.merge(graphdef, params).token_logprobs(i, t, **warp))(
+      seq[:, :-1], seq[:, 1:])[0])
+  b = lp()
+  for warp in (dict(temperature=0.0, top_k=5, top_p=0.5), dict(temperature=1.0, top_k=0, top_p=1.0)):
+    assert np.array_equal(lp(**warp), b)
   with pytest.raises(ValueError, match="top_p"):
-    m.token_logprobs(seq[:, :-1], seq[:, 1:], top_p=0.0)
+    model.token_logprobs(seq[:, :-1], seq[:, 1:], top_p=0.0)
