@@ -20,14 +20,14 @@ micro-batch is given the *global* denominators of the full batch. Compute them o
 sequence ratio and the sequence-level IS weight are per row too, so the invariance holds for every loss_type.)
 When the denominators are None they are computed from the given mask, i.e. the batch is the whole batch.
 The KL and entropy terms are aggregated the same way, so the invariance covers the total loss.
-Metrics are plain masked means over the tokens of the call (for logging; average them over micro-batches).
+Metrics are plain masked means over the tokens of the call (for logging; average them over micro-batches,
+except is_ratio_max: take the max).
 """
 import jax
 import jax.numpy as jnp
 
 # The enumerations of the keyword arguments (rl/config.py validates config values against them).
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-AGGS = AGG_MODES  # older name
 KL_KINDS = ("k1", "k2", "k3", "k3+")
 LOSS_TYPES = ("ppo", "reinforce", "gspo", "cispo")
 IS_LEVELS = ("none", "token", "sequence")   # mismatch correction level (``is_level``)
@@ -387,4 +387,4 @@ def policy_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2
 
 
 __all__ = ["token_logprobs", "entropy_from_logits", "kl_penalty", "loss_denominators", "aggregate",
-           "mismatch_weights", "policy_loss", "AGG_MODES", "AGGS", "KL_KINDS", "LOSS_TYPES", "IS_LEVELS", "IS_MODES"]
+           "mismatch_weights", "policy_loss", "AGG_MODES", "KL_KINDS", "LOSS_TYPES", "IS_LEVELS", "IS_MODES"]

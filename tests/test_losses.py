@@ -106,7 +106,7 @@ def test_kl_penalty_values_and_straight_through_gradient(kind):
 _jit_loss = jax.jit(L.policy_loss, static_argnames=("loss_type", "agg", "kl_kind", "dual_clip", "max_len"))
 
 
-@pytest.mark.parametrize("agg", L.AGGS)
+@pytest.mark.parametrize("agg", L.AGG_MODES)
 @pytest.mark.parametrize("per_token", [False, True])
 def test_policy_loss_matches_numpy(agg, per_token):
   logp, old, adv, mask, ref, ent = make_batch(1, per_token=per_token)
@@ -137,7 +137,7 @@ def test_metric_keys_and_disabled_terms():
 
 def test_all_masked_is_finite_zero():
   logp, old, adv, mask, _, _ = make_batch(3)
-  for agg in L.AGGS:
+  for agg in L.AGG_MODES:
     loss, _ = L.policy_loss(logp, old, adv, np.zeros_like(mask), agg=agg)
     assert float(loss) == 0.0
 
@@ -160,7 +160,7 @@ def test_bad_arguments_raise():
 
 def test_reinforce_gradient_equals_ppo_gradient_on_policy():
   logp, _, adv, mask, _, _ = make_batch(5)
-  for agg in L.AGGS:
+  for agg in L.AGG_MODES:
     g = [jax.grad(lambda x: L.policy_loss(x, logp, adv, mask, loss_type=t, agg=agg)[0])(jnp.asarray(logp))
          for t in ("ppo", "reinforce")]
     np.testing.assert_allclose(g[0], g[1], rtol=1e-5, atol=1e-7)
@@ -181,7 +181,7 @@ def _loss_and_grad(logp, old, adv, mask, ref, ent, token_denom, seq_denom, agg):
 
 
 @settings(max_examples=10)
-@given(seed=st.integers(0, 1000), cut=st.sampled_from([2, 3]), agg=st.sampled_from(L.AGGS))
+@given(seed=st.integers(0, 1000), cut=st.sampled_from([2, 3]), agg=st.sampled_from(L.AGG_MODES))
 def test_micro_batch_split_gives_same_loss_and_gradient(seed, cut, agg):
   logp, old, adv, mask, ref, ent = make_batch(seed, per_token=seed % 2 == 0)
   mask[seed % 6] = False  # an empty row (e.g. dropped by a keep mask)
