@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -94,17 +95,34 @@ def test_hf_export_is_read_by_transformers(run, tmp_path):
   assert p.returncode == 2 and "no checkpoint for step 7" in p.stderr
 
 
-def test_tensorboard_has_the_pass_at_k_image(run):
-  from tensorboardX.proto import event_pb2   # tensorboardX ships the event protos
-  from tensorboardX.record_writer import read_records   # noqa: F401  (probe: old versions lack it)
+def _tb_events(path):
+  """Reads a TensorBoard event file (TFRecord: u64 length, u32 crc, payload, u32 crc) -> list of Event protos."""
+  from tensorboardX.proto import event_pb2   # local: tensorboardX's protobuf modules are heavy
+  out = []
+  with open(path, "rb") as f:
+    data = f.read()
+  i = 0
+  while i + 12 <= len(data):
+    n = struct.unpack("<Q", data[i:i + 8])[0]
+    out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return out
+
+
+def test_tensorboard_has_the_pass_at_k_image_and_the_scalars(run):
   wd, _ = run
-  tags = set()
+  images, scalars = {}, set()
   for path in glob.glob(os.path.join(wd, "tb", "events.*")):
-    with open(path, "rb") as f:
-      data = f.read()
-    tags |= {t for t in ("eval/pass_at_k",) if t.encode() in data}
-  assert "eval/pass_at_k" in tags
-  del event_pb2
+    for ev in _tb_events(path):
+      for v in ev.summary.value:
+        if v.HasField("image"):
+          images[(v.tag, ev.step)] = v.image
+        else:
+          scalars.add(v.tag)
+  assert {("eval/pass_at_k", 0), ("eval/pass_at_k", 2)} <= set(images)
+  img = images[("eval/pass_at_k", 2)]
+  assert img.width > 100 and img.height > 100 and img.encoded_image_string[:4] == b"\x89PNG"
+  assert {"reward/mean", "eval/pass_at_1", "loss/total", "mismatch/is_ratio_max"} <= scalars
 
 
 def test_resume_lists_changes_and_refuses_a_changed_task(run, tmp_path, capsys):
