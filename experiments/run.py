@@ -7,7 +7,11 @@ Rerunning the same command resumes from the latest checkpoint in --workdir (it l
 changed and refuses a changed model or task unless --config.allow_config_change=True). Unknown config keys
 and invalid values stop the run at start-up with a one-line error naming the key. Needs `pip install -e .`
 (the config files import `rl.config`).
+Exit status: 0 done, 1 the run stopped with a one-line error (damaged checkpoints with no good one, a full or
+read-only disk, too many non-finite updates in a row, a workdir with logs but no checkpoint), 2 bad usage or
+config, 130 Ctrl-C.
 """
+import errno
 import os
 import sys
 
@@ -18,11 +22,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as cf
 
+from rl import checkpoint as ckpt_lib
 from rl import config as config_lib
 from rl import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard, plots.")
+
+
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def _fail(msg):
+  """A run that cannot go on: one line, exit status 1 (2 is for usage errors, 130 for Ctrl-C)."""
+  print(f"{os.path.basename(sys.argv[0])}: error: {msg}", file=sys.stderr)
+  sys.exit(1)
 
 
 def _die(msg):
@@ -79,6 +93,12 @@ def main(argv):
     if not str(e).startswith("config."):   # not a bad config value: a bug, keep the traceback
       raise
     _die(str(e))
+  except (trainer.TrainError, ckpt_lib.CheckpointError) as e:   # one line each; nothing good was lost
+    _fail(str(e))
+  except OSError as e:   # a full or read-only disk while writing metrics / TensorBoard / samples
+    if e.errno not in _RESOURCE_ERRNOS:
+      raise
+    _fail(f"writing {e.filename or _WORKDIR.value} failed: {e.strerror}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ One step (`Trainer.train_step`; every method is a config of this one loop, see r
   algorithms.postprocess   reward shaping -> advantages + keep masks by config.algo -> DASH filter
   update.forward       old (and reference) log-probs of the sampling distribution, one jitted forward
   update.run_epochs    ppo_epochs x minibatches of one jitted update each (micro-batches accumulated with
-                       the minibatch's global loss denominators; a non-finite loss or gradient skips it)
+                       the minibatch's global loss denominators; an update with a non-finite loss, gradient
+                       or result is not applied; `train.max_skipped_updates` in a row stop the run)
   outputs.step_metrics the metrics row -> metrics.jsonl / TensorBoard / W&B; samples.jsonl
 
 State: one pytree {params, opt_state, ref_params?, step, rng} + a JSON dict {data iterator position, reference
 source, eval history}, checkpointed with Orbax every `checkpoint_every` steps. Everything random in a step comes
 from fold_in(rng, step) and the data iterator, so a resumed run reproduces the same per-step metrics.
 """
+import math
 import os
 import signal
 import sys
@@ -31,6 +33,10 @@ import models
 from models import sharding
 from rl import algorithms, config as config_lib, data, evaluation, outputs, rollout, tasks, update
 from rl import checkpoint as ckpt_lib
+
+
+class TrainError(Exception):
+  """The run cannot go on (or must not start); `str(e)` is one line. experiments/run.py exits 1 with it."""
 
 
 # ============================================================================ parts by name
@@ -136,11 +142,36 @@ class Trainer:
     row = outputs.step_metrics(batch, arrays["old_logp"], upd, {**info, **filter_info, **times},
                                lr=float(self.schedule(step * self.updates_per_step)), is_sft=not self.algo.rollout)
     row["ref/source_step"] = self.meta["ref_source_step"]
-    if row["updates/skipped"]:
-      print(f"step {step + 1}: non-finite loss or gradient, skipped {row['updates/skipped']} update(s)",
-            file=sys.stderr)
+    self._guard(step + 1, row, upd)
     new_state = dict(state, params=params, opt_state=opt_state, step=jnp.asarray(step + 1, jnp.int32))
     return new_state, row, batch
+
+  def _guard(self, step, row, upd):
+    """Counts updates skipped in a row (TrainError at train.max_skipped_updates) and flags gradient-norm spikes:
+    row["spike/grad_norm_ratio"] = grad_norm / its running mean (EMA over earlier steps, kept in the checkpoint
+    meta so a resumed run writes the same rows); a warning when it exceeds train.spike_threshold."""
+    tc, g = self.c.train, self.meta.setdefault("guard", {"skipped_in_a_row": 0, "grad_norm_ema": None, "n": 0})
+    n_updates = self.updates_per_step
+    if row["updates/skipped"]:
+      g["skipped_in_a_row"] = (g["skipped_in_a_row"] + n_updates if row["updates/skipped"] == n_updates
+                               else int(upd["skipped_trailing"]))
+      outputs.note(f"step {step}: {row['updates/skipped']} of {n_updates} update(s) skipped (non-finite loss, "
+                   f"gradient or result); {g['skipped_in_a_row']} in a row")
+      if g["skipped_in_a_row"] >= tc.max_skipped_updates:
+        raise TrainError(f"step {step}: {g['skipped_in_a_row']} updates in a row were skipped (non-finite loss, "
+                         f"gradient or result; train.max_skipped_updates={tc.max_skipped_updates}); stopping without "
+                         f"saving this state (lower optim.lr?)")
+    else:
+      g["skipped_in_a_row"] = 0
+    gn = row["grad_norm"]
+    ratio = gn / g["grad_norm_ema"] if g["grad_norm_ema"] and math.isfinite(gn) else 0.0
+    row["spike/grad_norm_ratio"] = ratio
+    if tc.spike_threshold and g["n"] >= 5 and ratio > tc.spike_threshold:
+      outputs.note(f"step {step}: gradient-norm spike: grad_norm {gn:.4g} is {ratio:.1f}x its running mean "
+                   f"(loss {row['loss/total']:.4g})")
+    if math.isfinite(gn) and not row["updates/skipped"]:
+      g["grad_norm_ema"] = gn if g["grad_norm_ema"] is None else 0.9 * g["grad_norm_ema"] + 0.1 * gn
+      g["n"] += 1
 
   def logprobs(self, state, batch):
     """The Batch's arrays for rl.update plus old_logp (and ref_logp) f32 [N,T] -> (arrays, timings)."""
@@ -198,15 +229,34 @@ class Trainer:
       return True
     return False
 
+  def _refuse_silent_restart(self):
+    """No usable checkpoint: starting over would truncate the logs of an earlier run; refuse unless config.restart."""
+    found = []
+    for name in ("metrics.jsonl", "config.json"):
+      path = os.path.join(self.workdir, name)
+      if os.path.exists(path) and os.path.getsize(path) > 0:
+        found.append(name)
+    if found and not self.c.restart:
+      raise TrainError(f"{self.workdir} holds {' and '.join(found)} of an earlier run but no checkpoint in "
+                       f"{os.path.join(self.workdir, 'checkpoints')}; refusing to start over at step 0 (that would "
+                       f"truncate metrics.jsonl): pass --config.restart=True to do so, or use a new --workdir")
+
   # ------------------------------------------------------------------------ the loop
   def train(self):
     c = self.c
     ckpt = ckpt_lib.Checkpointer(self.workdir, keep=c.keep_checkpoints)
-    start = ckpt.latest_step() or 0
+    try:   # the newest checkpoint that verifies (damaged newer ones: one line each, moved aside)
+      found = ckpt.restore_latest(self.state)
+    except ckpt_lib.DamagedCheckpointError as e:
+      ckpt.close()
+      raise TrainError(f"{e}; nothing was moved or deleted") from None
+    start = found[0] if found else 0
+    if not start:
+      self._refuse_silent_restart()
     config_lib.save(c, self.workdir, resuming=bool(start))
     state = self.state
     if start:
-      state, meta = ckpt.restore(start, state)
+      _, state, meta = found
       self.meta.update(meta["trainer"])
       self.it.restore(meta["data"])
       print(f"resumed from {ckpt.dir}/{start} (reference: {self.meta['ref_source']})", file=sys.stderr)
