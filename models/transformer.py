@@ -535,9 +535,9 @@ class Decoder(nnx.Module):
       model; temperature=0 (greedy) also gives the raw model log-probs, as the sampler records.
       The target token is always kept in the masks: when this forward's logits differ from the
       sampler's by float noise, a token at the top-p / top-k boundary can fall on the other side;
-      the sampled token then still has a finite log-prob (the normaliser moves by at most that
-      boundary token's probability, and only when the mass above it is within float noise of
-      top_p). The same holds for tokens the sampler never drew (e.g. injected solutions).
+      the sampled token then still has a finite log-prob (see `models.warping` for why the masks
+      are recomputed and what a boundary flip costs). Tokens the sampler never drew (e.g. injected
+      solutions) are scored the same way, with a finite log-prob.
     entropy: of the raw model distribution (temperature 1, no truncation), what the trainer logs.
 
     The unembedding, log-softmax and entropy run over chunks of `chunk_size` time steps under a
