@@ -152,3 +152,21 @@ def test_validate_names_the_key():
   c.train.minibatches = 3
   with pytest.raises(ValueError, match=r"config\.train\.minibatches"):
     config.validate(c)
+
+
+def test_update_applies_the_mismatch_correction_to_the_sampler_logprobs(tiny_trainer):
+  """The Batch's `logprobs` (the sampler's) reach policy_loss as sampler_logp: with token-level MIS and a sampler
+  that is e times less likely than the trainer on every token (ratio e > threshold 2), every weight is 0."""
+  t = tiny_trainer
+  arrays = _arrays(t, seed=2)
+  arrays["adv"] = np.linspace(-1, 1, len(arrays["adv"])).astype(np.float32)
+  arrays["logprobs"] = arrays["old_logp"] - 1.0
+  mb = update.put({k: v[None] for k, v in arrays.items()}, t.mesh, axis=1)
+  opt = optax.sgd(1.0).init(t.state["params"])
+  mets = {}
+  for level in ("none", "token"):
+    static = dict(update.loss_static(t.c.loss), is_level=level, is_mode="mask")
+    _, _, mets[level] = update.make_update_fn(t.graphdef, optax.sgd(1.0), static)(t.state["params"], opt, mb, t.hp)
+  assert float(mets["none"]["grad_norm"]) > 0 and float(mets["token"]["grad_norm"]) == 0.0
+  for m in mets.values():   # the metrics are computed whatever the level
+    assert float(m["is_ratio_mean"]) == pytest.approx(np.e, rel=1e-4) and float(m["is_clip_frac"]) == 1.0
