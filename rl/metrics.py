@@ -4,6 +4,7 @@ All functions are pure and jit-able. Shapes: P problems, n samples per problem, 
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.jit
@@ -96,7 +97,6 @@ def encode_predictions(preds):
 
   Ids are only meaningful within a problem (equal strings -> equal ids).
   """
-  import numpy as np
   out = np.full((len(preds), max((len(r) for r in preds), default=0)), -1, np.int32)
   for i, row in enumerate(preds):
     ids = {}

@@ -22,8 +22,11 @@ import re
 from fractions import Fraction
 from typing import Any, Callable, Optional
 
-from rl.data import Problem, sample_path  # noqa: F401  (re-exported)
+import numpy as np
+
+from rl.data import Problem, arithmetic, files, sample_path  # noqa: F401  (Problem, sample_path re-exported)
 from rl.rewards import INCORRECT, Score  # noqa: F401  (re-exported)
+from rl.rewards import code as rcode
 from rl.rewards import extract as ex
 
 
@@ -85,7 +88,7 @@ def score_math(completion: str, problem: Problem, *, extract: str = "strict", ti
 
 @functools.lru_cache(maxsize=None)
 def _rg_scorer(dataset_name: str):
-    import reasoning_gym
+    import reasoning_gym   # local: optional heavy import (hundreds of dataset modules), only for this task
     return reasoning_gym.get_score_answer_fn(dataset_name)
 
 
@@ -102,7 +105,6 @@ def score_reasoning_gym(completion: str, problem: Problem, *, extract: str = "st
 
 def score_code(completion: str, problem: Problem, *, timeout: float = 2.0, memory_mb: int = 512) -> Score:
     """Fraction of problem.meta["tests"] passed by the last ```python block (rl.rewards.code)."""
-    from rl.rewards import code as rcode
     return rcode.score(completion, problem.meta["tests"], timeout=timeout, memory_mb=memory_mb)
 
 
@@ -115,7 +117,6 @@ def _check_extract(extract: str):
 
 def _split(problems: list, eval_size: int, seed: int) -> tuple[list, list]:
     """Seeded split: eval = eval_size problems, train = the rest; eval_size=0 -> eval = train."""
-    import numpy as np
     if eval_size <= 0:
         return problems, problems
     if eval_size >= len(problems):
@@ -129,7 +130,6 @@ def _split(problems: list, eval_size: int, seed: int) -> tuple[list, list]:
 def _arithmetic(*, train_size: int = 1000, eval_size: int = 100, seed: int = 0, num_terms: int = 2,
                 min_value: int = 1, max_value: int = 99, ops: str = "+-", style: str = "expression",
                 extract: str = "auto") -> Task:
-    from rl.data import arithmetic
     _check_extract(extract)
     kw = dict(num_terms=num_terms, min_value=min_value, max_value=max_value, ops=ops, style=style)
     train = arithmetic.generate(train_size, seed, id_prefix="arith/train", **kw)
@@ -142,7 +142,6 @@ def _arithmetic(*, train_size: int = 1000, eval_size: int = 100, seed: int = 0, 
 def _files(name, *, path: str, format: Optional[str] = None, eval_path: Optional[str] = None, eval_size: int = 0,
            seed: int = 0, on_bad_row: str = "error", limit: Optional[int] = None, extract: str = "strict",
            timeout: float = 1.0, **keys) -> Task:
-    from rl.data import files
     _check_extract(extract)
     if format and format not in files.PRESETS:
         raise ValueError(f"task option format must be one of {sorted(files.PRESETS)}, got {format!r}")
@@ -174,7 +173,7 @@ def _reasoning_gym(*, datasets: Any = "basic_arithmetic", train_size: int = 1000
                    seed: int = 0, extract: str = "strict", binary: bool = True) -> Task:
     """datasets: a name, a list of names, or {name: {difficulty kwargs}} (e.g. {"basic_arithmetic":
     {"min_terms": 2, "max_terms": 2}}); sizes are split evenly over the datasets."""
-    import reasoning_gym
+    import reasoning_gym   # local: optional heavy import (hundreds of dataset modules), only for this task
     _check_extract(extract)
     datasets = _as_dict(datasets)
     if isinstance(datasets, str):
@@ -222,7 +221,6 @@ def _plain(entry: dict) -> dict:
 def _code(*, path: str, eval_size: int = 0, seed: int = 0, timeout: float = 2.0, memory_mb: int = 512,
           on_bad_row: str = "error") -> Task:
     """JSONL rows {"id"?, "prompt", "tests": [{"input": str, "output": str}, ...]} (stdin/stdout tests)."""
-    from rl.rewards import code as rcode
     problems, skipped = rcode.load_code_problems(path, on_bad_row=on_bad_row)
     train, ev = _split(problems, eval_size, seed)
     return Task("code", train, ev, functools.partial(score_code, timeout=timeout, memory_mb=memory_mb),
