@@ -77,18 +77,6 @@ def special_ids(tok, model_cfg):
   return tuple(sorted(eos)), int(pad)
 
 
-def left_pad(seqs, pad_id, minimum=8):
-  """list of token lists -> (int32 [P,W], bool [P,W]) left-padded to W = sampling.bucket(longest): few distinct
-  prompt widths, so few compilations of the sampler and of the trainer's forward."""
-  width = sampling.bucket(max(len(s) for s in seqs), minimum=minimum)
-  toks = np.full((len(seqs), width), pad_id, np.int32)
-  mask = np.zeros((len(seqs), width), bool)
-  for i, s in enumerate(seqs):
-    toks[i, width - len(s):] = s
-    mask[i, width - len(s):] = True
-  return toks, mask
-
-
 # ============================================================================ context
 
 @dataclasses.dataclass
@@ -135,7 +123,8 @@ def prompts(ctx, problems):
                                                  suffix=pc.suffix or None, template=pc.template or None,
                                                  use_chat_template=pc.use_chat_template)
     ids.append(ctx.prompt_cache[p.id])
-  return left_pad(ids, ctx.pad_id)
+  # width bucketed: few distinct prompt widths, so few compilations of the sampler and of the trainer's forward
+  return sampling.left_pad(ids, ctx.pad_id, width=sampling.bucket(max(len(s) for s in ids), minimum=8))
 
 
 # ============================================================================ sample -> decode -> score

@@ -250,21 +250,28 @@ _generate_jit = jax.jit(_generate_core, static_argnames=(
 
 # ----------------------------------------------------------------------------- public API
 
+def left_pad(seqs, pad_id: int = 0, width: int | None = None):
+  """list of P non-empty token lists -> (int32 [P,W], bool [P,W]) left-padded numpy, W = width or the longest
+  (a longer sequence keeps its last W tokens)."""
+  if not seqs:
+    raise ValueError("generate: prompts is empty")
+  lens = [len(p) for p in seqs]
+  if min(lens) == 0:
+    raise ValueError(f"generate: prompts[{lens.index(0)}] is empty")
+  W = width or max(lens)
+  toks = np.full((len(seqs), W), pad_id, np.int32)
+  mask = np.zeros((len(seqs), W), bool)
+  for i, p in enumerate(seqs):
+    p = np.asarray(p, np.int32)[-W:]
+    toks[i, W - len(p):] = p
+    mask[i, W - len(p):] = True
+  return toks, mask
+
+
 def _left_pad(prompts, prompt_mask, pad_id):
   """list of token lists, or int [P,L] (+ mask) -> (int32 [P,L], bool [P,L]) left-padded numpy."""
   if isinstance(prompts, (list, tuple)):
-    if not prompts:
-      raise ValueError("generate: prompts is empty")
-    lens = [len(p) for p in prompts]
-    if min(lens) == 0:
-      raise ValueError(f"generate: prompts[{lens.index(0)}] is empty")
-    L = max(lens)
-    toks = np.full((len(prompts), L), pad_id, np.int32)
-    mask = np.zeros((len(prompts), L), bool)
-    for i, p in enumerate(prompts):
-      toks[i, L - len(p):] = np.asarray(p, np.int32)
-      mask[i, L - len(p):] = True
-    return toks, mask
+    return left_pad(prompts, pad_id)
   toks = np.asarray(prompts)
   if toks.ndim != 2 or not np.issubdtype(toks.dtype, np.integer):
     raise ValueError(f"generate: prompts must be int [P,L] or a list of token lists, got {toks.dtype} {toks.shape}")
