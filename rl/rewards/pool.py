@@ -14,16 +14,36 @@ parent, and independent of the caller's __main__); each imports sympy and our ve
 takes items, so start-up (~1 s) never counts against an item's limit. A killed worker is replaced
 before the next item is handed out.
 
+Nothing outlives its limit:
+  * each worker leads its own process group and everything it starts stays in it (the code sandbox
+    runs its program in the worker's group); a timed-out worker is killed with its whole group;
+  * workers die with the process that started them: Linux parent-death signal (prctl
+    PR_SET_PDEATHSIG = SIGKILL, set by the worker on itself, then a check that the parent is still
+    the one that started it); the workers are spawned from one long-lived thread, because the
+    kernel sends that signal when the spawning *thread* exits;
+  * each worker gets its own temporary directory (TMPDIR); the pool deletes it when it kills or
+    closes the worker, and a new pool deletes those left by dead processes (a SIGKILLed trainer);
+  * the item's deadline is passed to the worker (`pool.DEADLINE`, monotonic seconds), so scorers
+    that run programs (rl.rewards.code) clamp their own limits to it: the pool's limit wins.
+A return value that is not a Score (or a 3-tuple convertible to one with a finite reward in [0, 1])
+scores that item Score(0.0, False, None); the rest of the batch is unaffected.
+
 `score_fn` must be picklable: a module-level function, a `functools.partial` of one, or a bound
 method of a `rl.tasks.Task` (tasks pickle without their problem lists).
 """
 import atexit
+import math
 import multiprocessing.connection as mpc
 import os
 import pickle
+import queue
+import re
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -36,6 +56,72 @@ IN_WORKER = False
 # would spend ~2 s of its per-item time limit importing it and score 0.
 PRELOAD = ["sympy", "rl.rewards.extract", "rl.rewards.math", "rl.tasks", "reasoning_gym"]
 STARTUP_TIMEOUT = 60.0  # seconds a new worker may take to import its modules
+# Inside a worker: the monotonic time at which the current item will be killed (None outside).
+DEADLINE = None
+_TMP_RE = re.compile(r"rl_pool_(\d+)_")
+
+
+def _spawner():
+    """Runs Popen calls from one long-lived thread (the parent-death signal fires when the spawning
+    thread exits, so workers must not be spawned from a short-lived caller thread)."""
+    jobs: queue.Queue = queue.Queue()
+
+    def loop():
+        while True:
+            args, kwargs, box, done = jobs.get()
+            try:
+                box.append(subprocess.Popen(args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                box.append(e)
+            done.set()
+    threading.Thread(target=loop, name="rl-pool-spawner", daemon=True).start()
+
+    def popen(args, **kwargs):
+        box, done = [], threading.Event()
+        jobs.put((args, kwargs, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+    return popen
+
+
+_popen = None
+_popen_lock = threading.Lock()
+
+
+def _spawn(args, **kwargs) -> subprocess.Popen:
+    global _popen
+    with _popen_lock:
+        if _popen is None:
+            _popen = _spawner()
+    return _popen(args, **kwargs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_tmp(root: str = None) -> int:
+    """Deletes rl_pool_<pid>_* worker directories whose owning process is gone; returns how many."""
+    root = root or tempfile.gettempdir()
+    n = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        m = _TMP_RE.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            n += 1
+    return n
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -54,8 +140,17 @@ class _Worker:
     def __init__(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the caller's imports resolve
-        self.proc = subprocess.Popen([sys.executable, "-m", "rl.rewards._worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, bufsize=0)
+        # its own temporary directory (o+x so a sandbox uid can reach its run directory inside)
+        self.tmp = tempfile.mkdtemp(prefix=f"rl_pool_{os.getpid()}_")
+        os.chmod(self.tmp, 0o711)
+        env["TMPDIR"] = self.tmp
+        env["RL_POOL_PARENT"] = str(os.getpid())
+        try:
+            self.proc = _spawn([sys.executable, "-m", "rl.rewards._worker"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env=env, bufsize=0, start_new_session=True)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.ready = False
 
     def fileno(self):
@@ -70,6 +165,12 @@ class _Worker:
         return _read_exact(self.proc.stdout, n)
 
     def kill(self):
+        """SIGKILLs the worker's whole process group (the worker and every program it started),
+        then deletes its temporary directory."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # pgid == pid (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
         try:
             self.proc.kill()
             self.proc.wait(timeout=5.0)
@@ -80,6 +181,7 @@ class _Worker:
                 f.close()
             except Exception:  # pragma: no cover
                 pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class WorkerPool:
@@ -92,9 +194,13 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self.restarts = 0  # how many workers were killed and replaced (for tests / metrics)
+        self.bad_results = 0  # items whose score_fn returned something that is not a Score
+        sweep_stale_tmp()
 
     def _wait_ready(self):
         """Starts missing workers and waits until all have imported their modules."""
+        for w in [w for w in self._workers if w.proc.poll() is not None]:
+            w.kill()  # died on its own: reap its group and directory
         self._workers = [w for w in self._workers if w.proc.poll() is None]
         while len(self._workers) < self._n:
             self._workers.append(_Worker())
@@ -117,7 +223,7 @@ class WorkerPool:
         payloads = []
         for i, args in enumerate(arg_tuples):
             try:
-                payloads.append(pickle.dumps((fn, tuple(args))))
+                payloads.append(pickle.dumps((fn, tuple(args), float(timeout))))
             except Exception as e:
                 raise TypeError(f"score_fn or item {i} cannot be pickled for the scoring pool: {e}") from e
         results: list[Any] = [None] * len(payloads)
@@ -200,11 +306,16 @@ def call(fn: Callable, *args, timeout: float = 1.0, default: Any = None) -> Any:
 
 
 def _as_score(value: Any) -> Score:
-    if isinstance(value, Score):
-        return value
-    if isinstance(value, tuple) and len(value) == 3:
-        return Score(float(value[0]), bool(value[1]), value[2])
-    raise TypeError(f"score_fn must return a Score, got {type(value).__name__}")
+    """A Score, or a 3-tuple (reward, correct, pred) with a finite reward in [0, 1]; else TypeError."""
+    if isinstance(value, tuple) and len(value) == 3 and not isinstance(value[0], (str, bytes)):
+        try:
+            reward = float(value[0])
+        except (TypeError, ValueError):
+            reward = math.nan
+        pred = value[2]
+        if math.isfinite(reward) and 0.0 <= reward <= 1.0 and (pred is None or isinstance(pred, str)):
+            return value if isinstance(value, Score) else Score(reward, bool(value[1]), pred)
+    raise TypeError(f"score_fn must return a Score, got {type(value).__name__}: {str(value)[:80]!r}")
 
 
 def score_batch(score_fn: Callable, completions: Sequence[str], problems: Sequence[Any], *,
@@ -218,14 +329,23 @@ def score_batch(score_fn: Callable, completions: Sequence[str], problems: Sequen
       timeout: hard per-item wall-clock limit in seconds.
       workers: number of worker processes.
     Returns:
-      N Scores; items that time out, raise, or kill their worker get Score(0.0, False, None).
+      N Scores; items that time out, raise, kill their worker, or return something that is not a
+      Score get Score(0.0, False, None) (counted in `get_pool(workers).bad_results` for the last).
     """
     if len(completions) != len(problems):
         raise ValueError(f"score_batch: {len(completions)} completions but {len(problems)} problems")
     if not completions:
         return []
+    p = get_pool(workers)
     out = []
-    for status, value in get_pool(workers).map(score_fn, list(zip(completions, problems)), timeout):
-        out.append(_as_score(value) if status == "ok" else INCORRECT)
+    for status, value in p.map(score_fn, list(zip(completions, problems)), timeout):
+        if status != "ok":
+            out.append(INCORRECT)
+            continue
+        try:
+            out.append(_as_score(value))
+        except TypeError:
+            p.bad_results += 1
+            out.append(INCORRECT)
     return out
 
