@@ -80,8 +80,22 @@ def last_number(text: str) -> Optional[str]:
     return None if last is None else last.group(0).replace(",", "")
 
 
+_MATH_OPEN = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
 def _clean_tail(s: str) -> Optional[str]:
-    s = s.strip().split("\n")[0].strip()
+    """The answer at the start of `s`: a math span ($...$, \\(...\\), \\[...\\]) if it opens with one
+    (Minerva: "The final answer is $42$. I hope it is correct."), else the rest of the line up to the
+    end of the sentence (a period followed by a space)."""
+    s = s.strip()
+    for op, cl in _MATH_OPEN:
+        if s.startswith(op):
+            end = s.find(cl, len(op))
+            if end > len(op):
+                return s[len(op):end].strip().rstrip(".").strip() or None
+            break
+    s = s.split("\n")[0].strip()
+    s = re.split(r"\.\s", s, maxsplit=1)[0]
     s = s.strip("$ ").rstrip(".").strip().strip("$ ")
     return s or None
 

@@ -54,7 +54,8 @@ from rl.rewards import INCORRECT, Score
 IN_WORKER = False
 # reasoning_gym is imported here too: imported lazily by its scorer, the first item in a fresh worker
 # would spend ~2 s of its per-item time limit importing it and score 0.
-PRELOAD = ["sympy", "rl.rewards.extract", "rl.rewards.math", "rl.tasks", "reasoning_gym"]
+# math_verify (optional backend) likewise: its import takes ~0.5 s.
+PRELOAD = ["sympy", "rl.rewards.extract", "rl.rewards.math", "rl.tasks", "reasoning_gym", "math_verify"]
 STARTUP_TIMEOUT = 60.0  # seconds a new worker may take to import its modules
 # Inside a worker: the monotonic time at which the current item will be killed (None outside).
 DEADLINE = None
