@@ -26,6 +26,8 @@ def test_score_batch_hang_error_crash():
     comps = ["a", "hang", "b", "raise", "x", "die", "c"]
     probs = ["a", "hang?", "b", "raise", "y", "die", "c"]
     p = pool.get_pool(2)
+    # each worker imports this test module on its first item (slow on a loaded machine): not under test here
+    pool.score_batch(_scorer, ["w", "w"], ["w", "w"], timeout=60.0, workers=2)
     restarts = p.restarts
     t0 = time.monotonic()
     out = pool.score_batch(_scorer, comps, probs, timeout=1.0, workers=2)
@@ -68,7 +70,7 @@ def test_malformed_return_fails_that_item_only():
     comps = ["a", "str", "nan", "big", "tuple", "none", "pred", "b"]
     p = pool.get_pool(2)
     bad = p.bad_results
-    out = pool.score_batch(_malformed, comps, comps, timeout=2.0, workers=2)
+    out = pool.score_batch(_malformed, comps, comps, timeout=60.0, workers=2)
     assert out == [Score(1.0, True, "a"), INCORRECT, INCORRECT, INCORRECT, Score(1.0, True, "ok"), INCORRECT,
                    INCORRECT, Score(1.0, True, "b")]
     assert p.bad_results - bad == 5
@@ -92,7 +94,7 @@ def _alive(pid):
 
 
 def test_worker_leads_its_own_group_and_tmpdir():
-    pid, pgid, tmp = pool.score_batch(_worker_pid, ["x"], ["x"], workers=1)[0].pred.split()
+    pid, pgid, tmp = pool.score_batch(_worker_pid, ["x"], ["x"], timeout=60.0, workers=1)[0].pred.split()
     assert int(pid) == int(pgid) != os.getpgid(0)
     assert os.path.basename(tmp).startswith(f"rl_pool_{os.getpid()}_") and os.path.isdir(tmp)
 
@@ -102,7 +104,7 @@ import sys, threading, time
 from rl.rewards import pool
 from tests.test_rewards_pool import _worker_pid
 out = {}
-t = threading.Thread(target=lambda: out.update(s=pool.score_batch(_worker_pid, ["a", "b"], ["a", "b"], workers=2)))
+t = threading.Thread(target=lambda: out.update(s=pool.score_batch(_worker_pid, ["a", "b"], ["a", "b"], timeout=60.0, workers=2)))
 t.start(); t.join()   # the workers were started from a thread that has now exited: they must survive it
 print(" ".join(s.pred.split()[0] + "," + s.pred.split()[2] for s in out["s"]), flush=True)
 time.sleep(60)

@@ -40,11 +40,18 @@ def main():
     from rl.rewards import pool
     _read_exact = pool._read_exact
     pool.IN_WORKER = True
-    for name in pool.PRELOAD:  # warm imports so the first item is fast
+    extra = [m for m in os.environ.get("RL_POOL_IMPORTS", "").split(",") if m]
+    for name in pool.PRELOAD + extra:  # warm imports so the first item is fast
         try:
             __import__(name)
         except Exception:  # noqa: BLE001
             pass
+    try:  # sympy imports much of itself lazily on the first simplify(): do that before taking items
+        from rl.rewards import math as rmath
+        rmath.equiv_normalized("(x-3)(x+2)", "x^2-x-6")
+        rmath.equiv_normalized("\\sin^2 x + \\cos^2 x", "1")
+    except Exception:  # noqa: BLE001
+        pass
     out.write(struct.pack("<Q", 0))  # ready signal
     out.flush()
     while True:

@@ -11,8 +11,8 @@ created lazily (one per `workers` count), shared by all callers and guarded by a
 
 Workers are fresh `python -m rl.rewards._worker` processes (never forks of the JAX-threaded
 parent, and independent of the caller's __main__); each imports sympy and our verifiers before it
-takes items, so start-up (~1 s) never counts against an item's limit. A killed worker is replaced
-before the next item is handed out.
+takes items, so start-up (1-5 s) never counts against an item's limit. A killed worker is replaced at
+once, and the other workers keep taking items while the replacement starts.
 
 Nothing outlives its limit:
   * each worker leads its own process group and everything it starts stays in it (the code sandbox
@@ -138,8 +138,9 @@ def _read_exact(f, n: int) -> bytes:
 class _Worker:
     """A `python -m rl.rewards._worker` subprocess speaking length-prefixed pickles over pipes."""
 
-    def __init__(self):
+    def __init__(self, imports: Sequence[str] = ()):
         env = dict(os.environ)
+        env["RL_POOL_IMPORTS"] = ",".join(imports)  # scorer modules to import before taking items
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the caller's imports resolve
         # its own temporary directory (o+x so a sandbox uid can reach its run directory inside)
         self.tmp = tempfile.mkdtemp(prefix=f"rl_pool_{os.getpid()}_")
@@ -153,6 +154,7 @@ class _Worker:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         self.ready = False
+        self.started = time.monotonic()
 
     def fileno(self):
         return self.proc.stdout.fileno()
@@ -196,28 +198,40 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.restarts = 0  # how many workers were killed and replaced (for tests / metrics)
         self.bad_results = 0  # items whose score_fn returned something that is not a Score
+        self._imports: set = set()  # modules of the scorers seen: replacement workers import them first
         sweep_stale_tmp()
 
-    def _wait_ready(self):
-        """Starts missing workers and waits until all have imported their modules."""
+    def _start_missing(self) -> list:
+        """Replaces dead workers and starts missing ones (without waiting); returns those not ready yet."""
         for w in [w for w in self._workers if w.proc.poll() is not None]:
             w.kill()  # died on its own: reap its group and directory
         self._workers = [w for w in self._workers if w.proc.poll() is None]
         while len(self._workers) < self._n:
-            self._workers.append(_Worker())
+            self._workers.append(_Worker(sorted(self._imports)))
+        return [w for w in self._workers if not w.ready]
+
+    def _mark_ready(self, w: "_Worker"):
+        try:
+            w.recv()
+        except EOFError:
+            raise RuntimeError("scoring pool: a worker died at start-up; run "
+                               "`python -m rl.rewards._worker` to see its error") from None
+        w.ready = True
+
+    def _wait_ready(self):
+        """Starts missing workers and waits until all have imported their modules."""
+        starting = self._start_missing()
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        for w in self._workers:
-            if w.ready:
-                continue
+        for w in starting:
             if not mpc.wait([w], timeout=max(0.0, deadline - time.monotonic())):
                 raise RuntimeError("scoring pool: a worker did not start within "
                                    f"{STARTUP_TIMEOUT:.0f} s (python -m rl.rewards._worker)")
-            try:
-                w.recv()
-            except EOFError:
-                raise RuntimeError("scoring pool: a worker died at start-up; run "
-                                   "`python -m rl.rewards._worker` to see its error") from None
-            w.ready = True
+            self._mark_ready(w)
+
+    def warm(self):
+        """Starts any missing worker now and waits until all are ready (e.g. before timing calls)."""
+        with self._lock:
+            self._wait_ready()
 
     def map(self, fn: Callable, arg_tuples: Sequence[tuple], timeout: float) -> list[tuple[str, Any]]:
         """Runs fn(*args) for each args; returns [(status, value)], status in {"ok", "err", "timeout"}."""
@@ -228,12 +242,16 @@ class WorkerPool:
             except Exception as e:
                 raise TypeError(f"score_fn or item {i} cannot be pickled for the scoring pool: {e}") from e
         results: list[Any] = [None] * len(payloads)
+        mod = getattr(getattr(fn, "func", fn), "__module__", None)  # functools.partial -> its function
         with self._lock:
+            if mod and mod != "__main__":
+                self._imports.add(mod)
             todo = list(range(len(payloads)))[::-1]
             busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item, deadline)
             while todo or busy:
-                self._wait_ready()  # (re)starts killed workers before handing out more items
-                idle = [w for w in self._workers if w not in busy]
+                # (re)start missing workers without waiting: the ready ones keep working meanwhile
+                starting = self._start_missing()
+                idle = [w for w in self._workers if w.ready and w not in busy]
                 while todo and idle:
                     w, i = idle.pop(), todo.pop()
                     try:
@@ -243,10 +261,14 @@ class WorkerPool:
                         todo.append(i)
                         continue
                     busy[w] = (i, time.monotonic() + timeout)
-                if not busy:
+                if not busy and not starting:
                     continue
-                wait_s = max(0.0, min(d for _, d in busy.values()) - time.monotonic())
-                for w in mpc.wait(list(busy), timeout=wait_s):
+                deadlines = [d for _, d in busy.values()] + [w.started + STARTUP_TIMEOUT for w in starting]
+                wait_s = max(0.0, min(deadlines) - time.monotonic())
+                for w in mpc.wait(list(busy) + starting, timeout=wait_s):
+                    if w not in busy:  # a starting worker's ready signal (or its death)
+                        self._mark_ready(w)
+                        continue
                     i, _ = busy.pop(w)
                     try:
                         results[i] = pickle.loads(w.recv())
@@ -258,6 +280,10 @@ class WorkerPool:
                     i, _ = busy.pop(w)
                     results[i] = ("timeout", None)
                     self._drop(w)
+                for w in starting:
+                    if not w.ready and now > w.started + STARTUP_TIMEOUT:
+                        raise RuntimeError("scoring pool: a worker did not start within "
+                                           f"{STARTUP_TIMEOUT:.0f} s (python -m rl.rewards._worker)")
         return results
 
     def _drop(self, w: _Worker):
