@@ -1,6 +1,6 @@
 """Builds the labelled verifier corpus rl/data/verifier_corpus.jsonl (reproducible; CPU, a few minutes).
 
-    python -m experiments.make_verifier_corpus [--out rl/data/verifier_corpus.jsonl] [--samples 3]
+    python -m experiments.make_verifier_corpus [--out rl/data/verifier_corpus.jsonl] [--samples 2]
 
 Two sources:
   "smollm2"      completions sampled from SmolLM2-135M-Instruct (models.smollm2_gguf_path()) on the bundled
@@ -95,9 +95,8 @@ FORMAT_ROWS = [
 HAND_LABELS: dict = {}
 
 
-def _generate(model, tok, questions, template, samples, max_new_tokens, seed):
-    pc_kw = dict(system=None, suffix=data.DEFAULT_SUFFIX, template=template, use_chat_template=True)
-    prompts = [data.build_prompt(tok, q, **pc_kw) for q in questions]
+def _generate(model, tok, prompts, samples, max_new_tokens, seed):
+    """One sampling call for all prompts (one compilation): -> len(prompts) * samples strings, prompt-major."""
     eos = [tok.eos_token_id] + [i for i in [tok.convert_tokens_to_ids("<|im_end|>")] if isinstance(i, int)]
     out = sampling.generate(model, prompts, group_size=samples, max_new_tokens=max_new_tokens, temperature=0.7,
                             top_p=0.95, eos_ids=eos, pad_id=tok.pad_token_id or 0, rng=jax.random.key(seed))
@@ -108,9 +107,9 @@ def _generate(model, tok, questions, template, samples, max_new_tokens, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=data.sample_path("verifier_corpus.jsonl"))
-    ap.add_argument("--samples", type=int, default=3, help="completions per prompt and style")
+    ap.add_argument("--samples", type=int, default=2, help="completions per prompt and style")
     ap.add_argument("--arith", type=int, default=24, help="arithmetic problems")
-    ap.add_argument("--max_new_tokens", type=int, default=192)
+    ap.add_argument("--max_new_tokens", type=int, default=160)
     ap.add_argument("--cache", default="/tmp/verifier_corpus_completions.json",
                     help="sampled completions are cached here (re-labelling does not re-sample)")
     a = ap.parse_args()
@@ -123,17 +122,20 @@ def main():
     else:
         path = models.smollm2_gguf_path()
         model, tok = models.load_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-        gen = []
         t0 = time.time()
+        meta, prompts = [], []
         for style, template in (("boxed", None), ("minerva", MINERVA)):
             for name, probs in (("math_sample", math_probs), ("arithmetic", arith)):
-                comps = _generate(model, tok, [p.question for p in probs], template, a.samples, a.max_new_tokens,
-                                  seed=len(gen))
-                for i, c in enumerate(comps):
-                    p = probs[i // a.samples]
-                    gen.append({"id": f"smollm2/{name}/{style}/{p.id}/{i % a.samples}", "class": f"{name}/{style}",
-                                "completion": c, "gold": p.answer})
-                print(f"{style} {name}: {len(comps)} completions, {time.time() - t0:.0f} s", flush=True)
+                for p in probs:
+                    meta.append((style, name, p))
+                    prompts.append(data.build_prompt(tok, p.question, suffix=data.DEFAULT_SUFFIX, template=template))
+        comps = _generate(model, tok, prompts, a.samples, a.max_new_tokens, seed=16)
+        print(f"{len(comps)} completions in {time.time() - t0:.0f} s", flush=True)
+        gen = []
+        for i, c in enumerate(comps):
+            style, name, p = meta[i // a.samples]
+            gen.append({"id": f"smollm2/{name}/{style}/{p.id}/{i % a.samples}", "class": f"{name}/{style}",
+                        "completion": c, "gold": p.answer})
         with open(a.cache, "w") as f:
             json.dump(gen, f)
     rows = [dict(r, source="smollm2") for r in gen]

@@ -102,7 +102,7 @@ def test_time_limit_and_daemonised_child(level):
     name = "rlm" + uuid.uuid4().hex[:10]
     t0 = time.monotonic()
     r = _run(_named_sleeper(name), level, timeout=0.7)
-    assert r.timed_out and r.returncode is None and time.monotonic() - t0 < 0.7 + 2.0
+    assert r.timed_out and r.returncode is None and time.monotonic() - t0 < 0.7 + 4.0
     assert _wait_gone(name) == []
     r = _run("while True:\n    pass", level, timeout=0.5)
     assert r.timed_out
@@ -124,7 +124,7 @@ def test_memory_and_output_limits(level):
     assert r.returncode != 0 and "ok" not in r.stdout
     t0 = time.monotonic()
     r = _run("while True:\n    print('x' * 65536)", level, timeout=5.0)
-    assert len(r.stdout) <= code.MAX_OUTPUT_BYTES and r.returncode != 0 and time.monotonic() - t0 < 5.0
+    assert len(r.stdout) <= code.MAX_OUTPUT_BYTES and r.returncode != 0 and time.monotonic() - t0 < 5.0 + 4.0
 
 
 @pytest.mark.parametrize("level", _levels())
@@ -195,7 +195,7 @@ def test_through_pool_with_default_limits(level):
     scorer = functools.partial(code.score, timeout=2.0, level=level)
     t0 = time.monotonic()
     out = pool.score_batch(scorer, [comp], [[{"input": "", "output": ""}]], workers=1)
-    assert out[0].reward == 0.0 and not out[0].correct and time.monotonic() - t0 < 3.0
+    assert out[0].reward == 0.0 and not out[0].correct and time.monotonic() - t0 < 1.0 + 3.0
     assert _wait_gone(name) == []
     # a scorer that ignores the deadline: the pool kills the worker's whole group and deletes its dir
     p = pool.get_pool(1)
