@@ -102,12 +102,12 @@ def test_worker_leads_its_own_group_and_tmpdir():
 TRAINER = """
 import sys, threading, time
 from rl.rewards import pool
-from tests.test_rewards_pool import _worker_pid
+from tests.test_rewards_pool import _scorer, _worker_pid
 out = {}
 t = threading.Thread(target=lambda: out.update(s=pool.score_batch(_worker_pid, ["a", "b"], ["a", "b"], timeout=60.0, workers=2)))
 t.start(); t.join()   # the workers were started from a thread that has now exited: they must survive it
 print(" ".join(s.pred.split()[0] + "," + s.pred.split()[2] for s in out["s"]), flush=True)
-time.sleep(60)
+pool.score_batch(_scorer, ["hang", "hang"], ["x", "x"], timeout=120.0, workers=2)  # both workers busy
 """
 
 
@@ -121,6 +121,7 @@ def test_workers_die_with_the_training_process():
         pids = [int(x.split(",")[0]) for x in line]
         tmps = [x.split(",")[1] for x in line]
         assert len(pids) == 2 and all(_alive(p) for p in pids)  # alive after the spawning thread exited
+        time.sleep(1.0)  # the workers are now inside a 60 s item: only the parent-death signal stops them
     finally:
         proc.kill()
         proc.wait()
