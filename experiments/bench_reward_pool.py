@@ -98,7 +98,8 @@ def main():
     scorer = functools.partial(bench_reward_pool.bench_scorer, log=log)
     p = pool.get_pool(a.workers)
     p.warm()
-    tmp_before = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(("rl_pool_", "rl_sandbox_"))}
+    mine = (f"rl_pool_{os.getpid()}_", "rl_sandbox_")  # other processes on the machine have their own pools
+    tmp_before = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(mine)}
     t0 = time.monotonic()
     out = pool.score_batch(scorer, comps, probs, timeout=a.timeout, workers=a.workers)
     secs = time.monotonic() - t0
@@ -116,7 +117,7 @@ def main():
     ordinary_right = sum(s.correct for s, _ in ok_items)
     own_answer = all(s.pred == pr.meta["pred"] for s, pr in ok_items)
     bad_incorrect = all(not s.correct for s, pr in zip(out, probs) if pr.meta["kind"] != "ok")
-    tmp_after = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(("rl_pool_", "rl_sandbox_"))}
+    tmp_after = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(mine)}
     leaked_dirs = sorted(tmp_after - tmp_before)
     leaked_workers = [q for q in pids if _alive(q)]
     print(f"items: {a.n} ({dict(kinds)}), workers: {a.workers}, per-item limit: {a.timeout} s")
