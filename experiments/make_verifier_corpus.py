@@ -104,24 +104,55 @@ def _generate(model, tok, prompts, samples, max_new_tokens, seed):
     return [tok.decode(t[m].tolist(), skip_special_tokens=True) for t, m in zip(toks, mask)]
 
 
+def _generate_torch(tok, prompts, samples, max_new_tokens, seed, gguf_path):
+    """The same sampling with transformers + torch (no XLA compilation; for a loaded CPU)."""
+    import torch  # optional: only this backend needs it
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path))
+    eos = [tok.eos_token_id] + [i for i in [tok.convert_tokens_to_ids("<|im_end|>")] if isinstance(i, int)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    out = []
+    for start in range(0, len(prompts), 32):
+        chunk = prompts[start:start + 32]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=0.7, top_p=0.95,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=samples, eos_token_id=eos,
+                                 pad_token_id=pad)
+        out += [tok.decode(g[width:].tolist(), skip_special_tokens=True) for g in gen]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=data.sample_path("verifier_corpus.jsonl"))
     ap.add_argument("--samples", type=int, default=2, help="completions per prompt and style")
     ap.add_argument("--arith", type=int, default=24, help="arithmetic problems")
     ap.add_argument("--max_new_tokens", type=int, default=160)
+    ap.add_argument("--backend", default="jax", choices=["jax", "torch"],
+                    help="jax: models + sampling.generate; torch: transformers (no XLA compile on a loaded CPU)")
     ap.add_argument("--cache", default="/tmp/verifier_corpus_completions.json",
                     help="sampled completions are cached here (re-labelling does not re-sample)")
+    ap.add_argument("--no_model", action="store_true", help="only the format rows (no sampling)")
     a = ap.parse_args()
 
     math_probs = tasks.make("math_sample").train_problems
     arith = tasks.make("arithmetic", train_size=a.arith, eval_size=1, num_terms=3, ops="+-*", seed=16).train_problems
-    if os.path.exists(a.cache):
+    if a.no_model:
+        gen = []
+    elif os.path.exists(a.cache):
         with open(a.cache) as f:
             gen = json.load(f)
     else:
         path = models.smollm2_gguf_path()
-        model, tok = models.load_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        model, tok = models.load_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                            tokenizer=True) if a.backend == "jax" else (None, None)
+        if tok is None:
+            from models.gguf_io import load_gguf_tokenizer
+            tok = load_gguf_tokenizer(path)
         t0 = time.time()
         meta, prompts = [], []
         for style, template in (("boxed", None), ("minerva", MINERVA)):
@@ -129,7 +160,10 @@ def main():
                 for p in probs:
                     meta.append((style, name, p))
                     prompts.append(data.build_prompt(tok, p.question, suffix=data.DEFAULT_SUFFIX, template=template))
-        comps = _generate(model, tok, prompts, a.samples, a.max_new_tokens, seed=16)
+        if a.backend == "torch":
+            comps = _generate_torch(tok, prompts, a.samples, a.max_new_tokens, 16, path)
+        else:
+            comps = _generate(model, tok, prompts, a.samples, a.max_new_tokens, seed=16)
         print(f"{len(comps)} completions in {time.time() - t0:.0f} s", flush=True)
         gen = []
         for i, c in enumerate(comps):

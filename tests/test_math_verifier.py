@@ -164,3 +164,22 @@ def test_last_boxed_is_linear_and_inside_the_pool_limit():
     t0 = time.monotonic()
     out = pool.score_batch(task.score, [big, "\\boxed{3}"], [Problem("p", "q", "3", None, {})] * 2, timeout=3.0)
     assert [s.correct for s in out] == [False, True] and time.monotonic() - t0 < 3.5
+
+
+def test_labelled_corpus_targets():
+    """Issue 16 targets on rl/data/verifier_corpus.jsonl (labels not written with our verifier in mind):
+    at least math-verify's agreement with the labels (its verdicts are stored in the corpus), and no false
+    positive on the mixed-number, percent and chained-equality classes."""
+    import json
+    from rl.data import sample_path
+    with open(sample_path("verifier_corpus.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert len(rows) >= 50 and "format" in {r["source"] for r in rows}
+    ours = [rmath.score(r["completion"], r["gold"]).correct for r in rows]
+    assert [r["ours"] for r in rows] == ours  # the stored verdicts are today's
+    agree_ours = sum(o == r["label"] for o, r in zip(ours, rows))
+    agree_mv = sum(r["math_verify"] == r["label"] for r in rows)
+    assert agree_ours >= agree_mv
+    fps = [r["id"] for o, r in zip(ours, rows) if o and not r["label"] and r["class"] in ("mixed", "percent", "chain")]
+    assert fps == []
+    assert all(r["reason"] for r in rows if r["ours"] != r["math_verify"])  # every disagreement hand-labelled
