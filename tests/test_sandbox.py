@@ -193,6 +193,7 @@ def test_through_pool_with_default_limits(level):
     comp = _fence(_named_sleeper(name))
     # the code runner's own limit (2 s) is longer than the pool's (1 s): the pool's wins
     scorer = functools.partial(code.score, timeout=2.0, level=level)
+    pool.get_pool(1).warm()  # worker start-up is not part of the item's limit
     t0 = time.monotonic()
     out = pool.score_batch(scorer, [comp], [[{"input": "", "output": ""}]], workers=1)
     assert out[0].reward == 0.0 and not out[0].correct and time.monotonic() - t0 < 1.0 + 3.0
