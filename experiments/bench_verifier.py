@@ -1,47 +1,124 @@
-"""Compares rl.rewards.math with math-verify on the labelled cases of rl/rewards/math_cases.py.
+"""Our math verifier vs math-verify against labels: agreement, disagreements, ms per call (mean, p99, max).
 
-    python experiments/bench_verifier.py
+    python -m experiments.bench_verifier                                      # rl/rewards/math_cases.py pairs
+    python -m experiments.bench_verifier --cases rl/data/verifier_corpus.jsonl  # the labelled corpus
 
-Prints, per verifier: accuracy against our labels, agreement between the two, mean and max time per
-call (ours includes the worker round-trip when sympy is needed). math-verify gets each answer
-wrapped in \\boxed{} (its LaTeX extraction) and its own default timeouts.
+--cases FILE: JSONL rows {"completion", "gold", "label", "class"?, "source"?, "id"?} (the corpus written by
+experiments/make_verifier_corpus.py); each verifier scores the whole completion (its own extraction).
+Without --cases: the answer pairs of rl/rewards/math_cases.py (ours on the pair, math-verify on both
+strings wrapped in \\boxed{}).
+Both verifiers run behind the same scoring pool with the same per-call limit (`--timeout`), so the times
+include the worker round-trip when a call needs one; starting a worker (the first, or the replacement of one
+killed at the limit) is not timed. "ordinary" rows are all but the adversarial class / source.
 """
+import argparse
+import collections
+import json
 import time
 
+import numpy as np
+
 from rl.rewards import math as rmath
-from rl.rewards.math_cases import CASES
+from rl.rewards import math_verify_backend as mvb
+from rl.rewards import pool
+
+CLASSES_NO_FALSE_POSITIVE = ("mixed", "percent", "chain")  # issue 16 target
+
+
+def _load(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{lineno}: invalid JSON ({e.msg})")
+            if not all(k in r for k in ("completion", "gold", "label")):
+                raise SystemExit(f"{path}:{lineno}: a row needs 'completion', 'gold' and 'label'")
+            rows.append({"id": r.get("id", f"{path}:{lineno}"), "cls": r.get("class", "?"),
+                         "source": r.get("source", "?"), "text": r["completion"], "gold": r["gold"],
+                         "label": bool(r["label"]), "whole": True})
+    return rows
+
+
+def _case_rows():
+    from rl.rewards.math_cases import CASES
+    return [{"id": f"case/{i}", "cls": c, "source": "math_cases", "text": p, "gold": g, "label": e, "whole": False}
+            for i, (c, p, g, e) in enumerate(CASES)]
+
+
+def _ours(r, timeout):
+    if r["whole"]:
+        return rmath.score(r["text"], r["gold"], timeout=timeout).correct
+    return rmath.is_equiv(r["text"], r["gold"], timeout=timeout)
+
+
+def _theirs(r, timeout):
+    if r["whole"]:
+        return mvb.score(r["text"], r["gold"], timeout=timeout).correct
+    return mvb.is_equiv(r["text"], r["gold"], timeout=timeout)
+
+
+def _stats(ms):
+    ms = np.asarray(ms)
+    return f"{ms.mean():.1f} | {np.percentile(ms, 99):.1f} | {ms.max():.0f}"
 
 
 def main():
-    from math_verify import parse, verify
-    rmath.is_equiv("1", "\\frac{2}{2}")  # start the worker outside the timings
-    rows = []
-    for cat, pred, gold, label in CASES:
-        t0 = time.perf_counter()
-        ours = rmath.is_equiv(pred, gold, timeout=1.0)
-        t1 = time.perf_counter()
-        try:
-            theirs = bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{pred}}}")))
-        except Exception:  # noqa: BLE001
-            theirs = False
-        t2 = time.perf_counter()
-        rows.append((cat, pred, gold, label, ours, theirs, t1 - t0, t2 - t1))
-    n = len(rows)
-    acc_o = sum(r[3] == r[4] for r in rows) / n
-    acc_t = sum(r[3] == r[5] for r in rows) / n
-    agree = sum(r[4] == r[5] for r in rows) / n
-    print(f"cases: {n}")
-    print(f"| verifier | accuracy vs labels | mean ms/call | max ms/call |")
-    print(f"|---|---|---|---|")
-    print(f"| rl.rewards.math | {100 * acc_o:.1f}% | {1000 * sum(r[6] for r in rows) / n:.1f} | "
-          f"{1000 * max(r[6] for r in rows):.0f} |")
-    print(f"| math-verify | {100 * acc_t:.1f}% | {1000 * sum(r[7] for r in rows) / n:.1f} | "
-          f"{1000 * max(r[7] for r in rows):.0f} |")
-    print(f"agreement between the two: {100 * agree:.1f}%")
-    print("disagreements (category, pred, gold, label, ours, math-verify):")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default=None, help="labelled JSONL corpus (default: rl/rewards/math_cases.py)")
+    ap.add_argument("--timeout", type=float, default=1.0, help="per-call limit in seconds (both verifiers)")
+    a = ap.parse_args()
+    if not mvb.available():
+        raise SystemExit("math-verify is not installed: pip install math-verify")
+    rows = _load(a.cases) if a.cases else _case_rows()
+    rmath.is_equiv("1", "\\frac{2}{2}")  # start the workers outside the timings
+    mvb.is_equiv("1", "1", timeout=10.0)
+    w = pool.get_pool(1)
     for r in rows:
-        if r[4] != r[5]:
-            print("  ", r[0], repr(r[1][:50]), repr(r[2]), r[3], r[4], r[5])
+        w.warm()  # a worker killed at a previous call's limit is replaced outside the timing
+        t0 = time.perf_counter()
+        r["ours"] = _ours(r, a.timeout)
+        t1 = time.perf_counter()
+        w.warm()
+        t2 = time.perf_counter()
+        r["mv"] = _theirs(r, a.timeout)
+        t3 = time.perf_counter()
+        r["t_ours"], r["t_mv"] = 1000 * (t1 - t0), 1000 * (t3 - t2)
+    restarts = w.restarts
+    n = len(rows)
+    ordinary = [r for r in rows if r["cls"] != "adversarial" and r["source"] != "adversarial"]
+    print(f"rows: {n} ({a.cases or 'rl/rewards/math_cases.py'}); sources: "
+          f"{dict(collections.Counter(r['source'] for r in rows))}")
+    print("| verifier | agreement with labels | false positives | false negatives | ms/call mean | p99 | max |"
+          " ordinary p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, key, tkey in (("rl.rewards.math", "ours", "t_ours"), ("math-verify", "mv", "t_mv")):
+        agree = sum(r[key] == r["label"] for r in rows)
+        fp = sum(r[key] and not r["label"] for r in rows)
+        fn = sum(not r[key] and r["label"] for r in rows)
+        print(f"| {name} | {agree}/{n} = {100 * agree / n:.1f}% | {fp} | {fn} | {_stats([r[tkey] for r in rows])} | "
+              f"{np.percentile([r[tkey] for r in ordinary], 99):.1f} |")
+    print(f"agreement between the two: {100 * sum(r['ours'] == r['mv'] for r in rows) / n:.1f}%; "
+          f"calls cut at the {a.timeout:g} s limit (worker restarts, not timed): {restarts}")
+    by = collections.defaultdict(list)
+    for r in rows:
+        by[(r["source"], r["cls"])].append(r)
+    print("\nper class: source/class  n  ours-correct  math-verify-correct  ours-FP  math-verify-FP")
+    for (src, cls), rs in sorted(by.items()):
+        print(f"  {src}/{cls:<22} {len(rs):4d} {sum(r['ours'] == r['label'] for r in rs):4d} "
+              f"{sum(r['mv'] == r['label'] for r in rs):4d} {sum(r['ours'] and not r['label'] for r in rs):4d} "
+              f"{sum(r['mv'] and not r['label'] for r in rs):4d}")
+    fps = [r for r in rows if r["ours"] and not r["label"] and r["cls"] in CLASSES_NO_FALSE_POSITIVE]
+    print(f"\nours: false positives on the {'/'.join(CLASSES_NO_FALSE_POSITIVE)} classes: {len(fps)}")
+    print("\nrows where a verifier disagrees with the label (id, class, gold, label, ours, math-verify, tail):")
+    for r in rows:
+        if r["ours"] != r["label"] or r["mv"] != r["label"]:
+            tail = r["text"][-70:].replace("\n", " ")
+            print(f"  {r['id']} [{r['cls']}] gold={r['gold'][:30]!r} label={r['label']} ours={r['ours']} "
+                  f"mv={r['mv']} ...{tail!r}")
 
 
 if __name__ == "__main__":

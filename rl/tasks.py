@@ -7,6 +7,7 @@
 Names:
   "arithmetic"     synthetic arithmetic (rl.data.arithmetic), exact numeric check
   "math_sample"    the bundled math sample (rl/data/math_sample.jsonl), math verifier
+                   (math tasks take verifier="ours" | "math_verify" and min_decimal_places, see rl.rewards.math)
   "jsonl" / "parquet"  local files (rl.data.files), presets "math" / "gsm8k" / "deepscaler", math verifier
   "reasoning_gym"  procedural puzzles from the reasoning-gym package, scored by its own scorers
   "code"           local JSONL of {prompt, tests} programming problems, sandboxed execution (rl.rewards.code)
@@ -18,8 +19,6 @@ ships only the scorer and its options to the workers.
 import dataclasses
 import functools
 import random
-import re
-from fractions import Fraction
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -28,6 +27,8 @@ from rl.data import Problem, arithmetic, files, sample_path  # noqa: F401  (Prob
 from rl.rewards import INCORRECT, Score  # noqa: F401  (re-exported)
 from rl.rewards import code as rcode
 from rl.rewards import extract as ex
+from rl.rewards import math as rmath
+from rl.rewards.math import to_fraction  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass
@@ -47,27 +48,7 @@ class Task:
 
 # ---------------------------------------------------------------------------------------------- scorers
 
-_NUM_LATEX = re.compile(r"^\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
-
-
-def to_fraction(s: Optional[str]) -> Optional[Fraction]:
-    """Exact value of a plain number string: '42', '-3.5', '1,234', '3/4', '\\frac{3}{4}', '$12.00'."""
-    if s is None:
-        return None
-    s = s.strip().strip("$").replace("\\!", "").replace("{,}", "").replace("\\$", "").strip().rstrip(".")
-    if len(s) > 100:
-        return None
-    m = _NUM_LATEX.match(s)
-    if m:
-        s = f"{m.group(1)}/{m.group(2)}"
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        s = s.replace(",", "")
-    if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)(/-?\d+)?", s):
-        return None
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
+# to_fraction lives with the math verifier (which needs it); re-exported here for existing callers.
 
 
 def score_numeric(completion: str, problem: Problem, *, extract: str = "auto") -> Score:
@@ -80,10 +61,14 @@ def score_numeric(completion: str, problem: Problem, *, extract: str = "auto") -
     return Score(1.0 if ok else 0.0, ok, pred)
 
 
-def score_math(completion: str, problem: Problem, *, extract: str = "strict", timeout: float = 1.0) -> Score:
-    """The math verifier (rl.rewards.math.score) against problem.answer."""
-    from rl.rewards import math as rmath
-    return rmath.score(completion, problem.answer, extract=extract, timeout=timeout)
+def score_math(completion: str, problem: Problem, *, extract: str = "strict", timeout: float = 1.0,
+               verifier: str = "ours", min_places: Optional[int] = rmath.MIN_DECIMAL_PLACES) -> Score:
+    """The math verifier against problem.answer: "ours" (rl.rewards.math.score; min_places = its decimal
+    precision policy, None = decimals exact) or "math_verify" (rl.rewards.math_verify_backend, optional)."""
+    if verifier == "math_verify":
+        from rl.rewards import math_verify_backend  # optional dependency (the math-verify package)
+        return math_verify_backend.score(completion, problem.answer, extract=extract)
+    return rmath.score(completion, problem.answer, extract=extract, timeout=timeout, min_places=min_places)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,10 +124,25 @@ def _arithmetic(*, train_size: int = 1000, eval_size: int = 100, seed: int = 0, 
     return Task("arithmetic", train, ev, functools.partial(score_numeric, extract=extract))
 
 
+def _check_verifier(verifier: str):
+    if verifier not in VERIFIERS:
+        raise ValueError(f"task option verifier must be one of {VERIFIERS}, got {verifier!r}")
+    if verifier == "math_verify":
+        from rl.rewards import math_verify_backend
+        if not math_verify_backend.available():
+            raise ImportError("task option verifier='math_verify' needs the math-verify package: "
+                              "pip install math-verify")
+
+
+VERIFIERS = ("ours", "math_verify")
+
+
 def _files(name, *, path: str, format: Optional[str] = None, eval_path: Optional[str] = None, eval_size: int = 0,
            seed: int = 0, on_bad_row: str = "error", limit: Optional[int] = None, extract: str = "strict",
-           timeout: float = 1.0, **keys) -> Task:
+           timeout: float = 1.0, verifier: str = "ours", min_decimal_places: Optional[int] = rmath.MIN_DECIMAL_PLACES,
+           **keys) -> Task:
     _check_extract(extract)
+    _check_verifier(verifier)
     if format and format not in files.PRESETS:
         raise ValueError(f"task option format must be one of {sorted(files.PRESETS)}, got {format!r}")
     opts = dict(files.PRESETS[format]) if format else {}
@@ -156,13 +156,16 @@ def _files(name, *, path: str, format: Optional[str] = None, eval_path: Optional
         train, skipped = problems, skipped + skipped_ev
     else:
         train, ev = _split(problems, eval_size, seed)
-    return Task(name, train, ev, functools.partial(score_math, extract=extract, timeout=timeout),
+    return Task(name, train, ev, functools.partial(score_math, extract=extract, timeout=timeout, verifier=verifier,
+                                                   min_places=min_decimal_places),
                 info={"skipped_rows": skipped})
 
 
-def _math_sample(*, eval_size: int = 0, seed: int = 0, extract: str = "strict", timeout: float = 1.0) -> Task:
+def _math_sample(*, eval_size: int = 0, seed: int = 0, extract: str = "strict", timeout: float = 1.0,
+                 verifier: str = "ours", min_decimal_places: Optional[int] = rmath.MIN_DECIMAL_PLACES) -> Task:
     return _files("math_sample", path=sample_path("math_sample.jsonl"), format="deepscaler", id_key="id",
-                  eval_size=eval_size, seed=seed, extract=extract, timeout=timeout)
+                  eval_size=eval_size, seed=seed, extract=extract, timeout=timeout, verifier=verifier,
+                  min_decimal_places=min_decimal_places)
 
 
 def _as_dict(x: Any) -> Any:

@@ -3,8 +3,10 @@
 Submodules (import them directly; nothing heavy is imported here):
     rl.rewards.extract  answer extraction (\\boxed{}, <answer>, "The answer is", "#### x", last number)
     rl.rewards.math     score(completion, gold) with a safe LaTeX parser + sympy equivalence, hard time limit
-    rl.rewards.code     sandboxed execution of model-written Python against test cases
+    rl.rewards.math_verify_backend  the optional math-verify verifier behind the same pool and limits
+    rl.rewards.code     sandboxed execution of model-written Python against test cases (SANDBOX_LEVEL)
     rl.rewards.pool     score_batch(score_fn, completions, problems, timeout=..., workers=...)
+See docs/rewards.md for the rules, the sandbox levels and the benchmarks.
 """
 from typing import NamedTuple, Optional
 

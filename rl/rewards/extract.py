@@ -18,30 +18,44 @@ _GSM_RE = re.compile(r"####\s*([^\n]+)")
 _PHRASE_RE = re.compile(r"(?i)(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|\banswer\s*:)\s*:?\s*")
 
 
+def _closing_braces(text: str) -> dict:
+    """{index of "{": index of its matching "}"} for the whole text, one linear pass (\\x escapes skipped)."""
+    match, stack, j, n = {}, [], 0, len(text)
+    while j < n:
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            stack.append(j)
+        elif c == "}" and stack:
+            match[stack.pop()] = j
+        j += 1
+    return match
+
+
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} or \\fbox{...}, braces matched; `\\boxed 5` also works."""
+    """Content of the last \\boxed{...} or \\fbox{...}, braces matched; `\\boxed 5` also works.
+
+    Linear time in len(text) (one brace-matching pass, then a scan of the box positions from the end);
+    an unbalanced last box falls back to the previous one."""
     matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    closing = None
     for m in reversed(matches):
         i = m.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                c = text[j]
-                if c == "\\":  # skip escaped characters such as \{ and \}
-                    j += 2
-                    continue
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1:j].strip()
-                j += 1
+            if closing is None:
+                closing = _closing_braces(text)
+            j = closing.get(i)
+            if j is not None:
+                return text[i + 1:j].strip()
             continue  # unbalanced: try an earlier box
-        if i > m.end():  # "\boxed 5": up to whitespace or $
-            tok = re.match(r"[^\s$]+", text[i:])
+        if i > m.end():  # "\\boxed 5": up to whitespace or $
+            tok = re.match(r"[^\s$]+", text[i:i + 1000])
             if tok:
                 return tok.group(0)
     return None
@@ -66,8 +80,22 @@ def last_number(text: str) -> Optional[str]:
     return None if last is None else last.group(0).replace(",", "")
 
 
+_MATH_OPEN = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
 def _clean_tail(s: str) -> Optional[str]:
-    s = s.strip().split("\n")[0].strip()
+    """The answer at the start of `s`: a math span ($...$, \\(...\\), \\[...\\]) if it opens with one
+    (Minerva: "The final answer is $42$. I hope it is correct."), else the rest of the line up to the
+    end of the sentence (a period followed by a space)."""
+    s = s.strip()
+    for op, cl in _MATH_OPEN:
+        if s.startswith(op):
+            end = s.find(cl, len(op))
+            if end > len(op):
+                return s[len(op):end].strip().rstrip(".").strip() or None
+            break
+    s = s.split("\n")[0].strip()
+    s = re.split(r"\.\s", s, maxsplit=1)[0]
     s = s.strip("$ ").rstrip(".").strip().strip("$ ")
     return s or None
 

@@ -12,6 +12,22 @@ off the main thread; inside a pool worker it runs inline and the enclosing pool 
 
 Structures and how they compare:
   scalar      exact for numbers (0.5 == 1/2), numeric to rel 1e-6 for irrationals, simplify() for symbols
+  decimals    precision policy (`min_places`, default MIN_DECIMAL_PLACES = 6): a plain decimal written with
+              k digits after the point equals a different value v (a rational such as 1/6, or an irrational
+              such as pi) iff k >= min_places and |decimal - v| < 10^-k (v rounded or truncated to k
+              places). So 0.1666667 == 1/6 and 3.141593 == pi, but 0.33 != 1/3 and 3.14 != pi. Six places
+              is math-verify's float_rounding (TRL / open-r1 comparable), and few enough-place decimals
+              stay wrong because "express as a common fraction" answers are then approximations.
+              min_places=None: decimals must be exact.
+  mixed numbers  an unsigned integer immediately followed (spaces allowed) by a proper fraction of
+              integers, `2\\frac{3}{4}`, `2\\frac34` or `2 3/4`, is the mixed number 2 + 3/4 (a sign in
+              front applies to the whole: -2\\frac34 = -11/4); `2\\frac{5}{4}`, `2\\frac{x}{4}`,
+              `x\\frac34`, `2.5\\frac34` stay products.
+  percent     an answer with an explicit % (\\%, "percent") equals both its number and its number / 100
+              (12\\% == 12 == 0.12); without % on either side, 12 != 0.12
+  chains      `y = 3 \\cdot 5 = 15`: the last right-hand side is the answer (y = 15)
+  inequality  `-2 \\le y < 5` is the interval [-2, 5); `y > 3` is (3, \\infty)
+  equations   equal if one is a non-zero constant multiple of the other (2x + 4y = 6 == x + 2y = 3)
   ( , )  [ , ]  ( , ]  [ , )   "bracketed": same brackets and elementwise equal (tuples and intervals)
   \\{ , \\}    set: order-free, same size
   a, b        bare list (several roots): order-free, same size; a list never equals a single answer
@@ -20,29 +36,68 @@ Structures and how they compare:
   A \\cup B    union of intervals: order-free
 Unparseable answers fall back to normalised string equality (e.g. text answers, multiple choice).
 """
+import decimal
 import math as _math
 import re
 from typing import Optional
 
-from rl.rewards import INCORRECT, Score
+from fractions import Fraction
+
+from rl.rewards import INCORRECT, Score, pool
 from rl.rewards import extract as ex
 
 MAX_ANSWER_CHARS = 1000    # longer extracted answers are incorrect
 MAX_DIGITS = 2000          # refuse integers / powers / factorials with more digits than this
 REL_TOL = 1e-6
+MIN_DECIMAL_PLACES = 6     # precision policy for decimals vs other values (module docstring)
 
 
 # ---------------------------------------------------------------------------------------------- normalise
 
-_TEXT_CMDS = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)"
+_TEXT_CMDS = r"\\(?:text|textbf|textit|textrm|textnormal|textup|textsf|texttt|mathrm|mathbf|mathsf|mathit|mbox|hbox|operatorname)"
 _UNIT_WORDS = (r"(?:units?|cm|mm|km|m|meters?|inch(?:es)?|feet|foot|ft|miles?|degrees?|dollars?|cents?|"
                r"hours?|minutes?|seconds?|days?|weeks?|years?|sq|square|cubic|kg|g|grams?|pounds?|lbs?|"
                r"liters?|ml|mph|percent|points?|people|students?|cookies|apples|marbles|ways)")
 
 
+# Unicode math as models write it -> LaTeX
+_UNICODE = {"\u2212": "-", "\u2013": "-", "\u2012": "-", "\ufe63": "-", "\uff0d": "-", "\u00d7": "\\times ",
+            "\u22c5": "\\cdot ", "\u00b7": "\\cdot ", "\u2219": "\\cdot ", "\u00f7": "\\div ", "\u03c0": "\\pi ",
+            "\u221e": "\\infty ", "\u2264": "\\le ", "\u2266": "\\le ", "\u2265": "\\ge ", "\u2267": "\\ge ",
+            "\u2260": "\\neq ", "\u222a": "\\cup ", "\u2229": "\\cap ", "\u2208": "\\in ", "\u00b1": "\\pm ",
+            "\u00bd": "\\frac{1}{2}", "\u2153": "\\frac{1}{3}", "\u2154": "\\frac{2}{3}", "\u00bc": "\\frac{1}{4}",
+            "\u00be": "\\frac{3}{4}", "\u2155": "\\frac{1}{5}", "\u215b": "\\frac{1}{8}", "\u00b2": "^{2}",
+            "\u00b3": "^{3}", "\u00b9": "^{1}", "\u2070": "^{0}", "\u2074": "^{4}", "\u00a0": " ", "\u2009": " ",
+            "\u202f": " ", "\u200b": "", "\u03b8": "\\theta ", "\u03b1": "\\alpha ", "\u03b2": "\\beta ",
+            "\uff0c": ",", "\uff08": "(", "\uff09": ")"}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+# sqrt sign: √2, √(x+1), √{3}, √x
+_SQRT_RE = re.compile(r"\u221a\s*(\d+(?:\.\d+)?|[a-zA-Z]|\(|\{)")
+# mixed numbers (module docstring): integer + proper fraction, not after a digit, letter, '.', '^', '_' or '}'
+_MIXED_RE = re.compile(r"(?<![\w.^_}\\])(\d+)\s*(?:\\frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\frac(\d)(\d)(?!\d)"
+                       r"|\s(\d+)\s*/\s*(\d+)(?![\d.]))")
+_PERCENT_RE = re.compile(r"%|\\%|\bpercent(?:age)?\b")
+_DECIMAL_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?\.(\d+)")
+
+
+def _mixed(m) -> str:
+    n = int(m.group(1))
+    a, b = next((int(m.group(i)), int(m.group(i + 1))) for i in (2, 4, 6) if m.group(i) is not None)
+    if not 0 < a < b:  # not a proper fraction: leave as written (a product, or two numbers)
+        return m.group(0)
+    return f"({n}+\\frac{{{a}}}{{{b}}})"
+
+
+def has_percent(s: str) -> bool:
+    """True if the answer carries an explicit percent sign (%, \\%, "percent")."""
+    return bool(_PERCENT_RE.search(s))
+
+
 def normalize(s: str) -> str:
     """Removes formatting that does not change the value (see module docstring)."""
     s = s.strip()
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    s = _SQRT_RE.sub(lambda m: "\\sqrt" + (m.group(1) if m.group(1) in "({" else "{" + m.group(1) + "}"), s)
     s = re.sub(r"\\(?:displaystyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])", "", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = s.replace("\\!", "")
@@ -66,9 +121,11 @@ def normalize(s: str) -> str:
     while s.endswith(".") or s.endswith("\\."):
         s = s[:-2] if s.endswith("\\.") else s[:-1]
         s = s.strip()
+    s = re.sub(r"\s*\bpercent(?:age)?\b", "", s).strip()
     # thousands separators: the whole answer is a number like 1,234,567(.89)
     if re.fullmatch(r"-?\d{1,3}(?:(?:,| )\d{3})+(?:\.\d+)?", s):
         s = s.replace(",", "").replace(" ", "")
+    s = _MIXED_RE.sub(_mixed, s)
     return s.strip()
 
 
@@ -168,13 +225,54 @@ class _Parser:
             raise ParseError(f"trailing token {self.peek()[1]!r}")
         return items[0] if len(items) == 1 else ("list", items)
 
+    _LESS = {"<": False, "\\lt": False, "\\le": True, "\\leq": True, "\\leqslant": True}
+    _MORE = {">": False, "\\gt": False, "\\ge": True, "\\geq": True, "\\geqslant": True}
+
     def parse_relation(self):
-        left = self.parse_union()
-        if self.at("="):
-            self.next()
-            right = self.parse_union()
-            return ("eq", left, right)
-        return left
+        """`a = b`; a chain `y = 3 \\cdot 5 = 15` (its last right-hand side); an inequality in one
+        variable (`-2 \\le y < 5`, `y > 3`) as the interval it describes."""
+        items, ops = [self.parse_union()], []
+        while self.peek()[1] in ("=",) or self.peek()[1] in self._LESS or self.peek()[1] in self._MORE:
+            ops.append(self.next()[1])
+            items.append(self.parse_union())
+        if not ops:
+            return items[0]
+        if all(o == "=" for o in ops):
+            first, last = items[0], items[-1]
+            if not isinstance(first, tuple) and not first.free_symbols:  # "3 \\cdot 5 = 15": a computation
+                return last
+            if len(ops) == 1 or not isinstance(first, self.sp.Symbol):
+                return ("eq", first, last) if len(ops) == 1 else last
+            return ("eq", first, last)
+        return self._interval(items, ops)
+
+    def _interval(self, items, ops):
+        sp = self.sp
+        if "=" in ops or len(ops) > 2:
+            raise ParseError("mixed relation chain")
+        if any(isinstance(x, tuple) for x in items):
+            raise ParseError("relation between structures")
+        less = [o in self._LESS for o in ops]
+        incl = [self._LESS.get(o, self._MORE.get(o)) for o in ops]
+        if len(ops) == 2:  # a < y < b or a > y > b
+            if less[0] != less[1] or not isinstance(items[1], sp.Symbol):
+                raise ParseError("not an interval")
+            lo, hi, lo_in, hi_in = items[0], items[2], incl[0], incl[1]
+            if not less[0]:
+                lo, hi, lo_in, hi_in = items[2], items[0], incl[1], incl[0]
+        elif isinstance(items[0], sp.Symbol):  # y < b, y > a
+            if less[0]:
+                lo, hi, lo_in, hi_in = -sp.oo, items[1], False, incl[0]
+            else:
+                lo, hi, lo_in, hi_in = items[1], sp.oo, incl[0], False
+        elif isinstance(items[1], sp.Symbol):  # a < y, b > y
+            if less[0]:
+                lo, hi, lo_in, hi_in = items[0], sp.oo, incl[0], False
+            else:
+                lo, hi, lo_in, hi_in = -sp.oo, items[0], False, incl[0]
+        else:
+            raise ParseError("inequality without a variable")
+        return ("bracketed", "[" if lo_in else "(", "]" if hi_in else ")", [lo, hi])
 
     def parse_union(self):
         left = self.parse_item()
@@ -441,7 +539,7 @@ def parse(s: str):
     import sympy
     if len(s) > MAX_ANSWER_CHARS:
         raise ParseError("answer too long")
-    s = re.sub(r"\\(?:in|leq|geq|lt|gt|neq)\b", lambda m: {"\\in": "="}.get(m.group(0), m.group(0)), s)
+    s = re.sub(r"\\in\b", "=", s)
     return _Parser(tokenize(s), sympy).parse_top()
 
 
@@ -522,7 +620,12 @@ def _equal(a, b) -> bool:
         import sympy
         if not any(isinstance(t, tuple) for t in (a[1], a[2], b[1], b[2])):  # same equation rearranged
             da, db = sympy.expand(a[1] - a[2]), sympy.expand(b[1] - b[2])
-            return _scalar_equal(da, db) or _scalar_equal(da, -db)
+            if _scalar_equal(da, db) or _scalar_equal(da, -db):
+                return True
+            # a non-zero constant multiple: 2x + 4y = 6 is x + 2y = 3
+            if da != 0 and db != 0 and (da.free_symbols or db.free_symbols):
+                ratio = sympy.simplify(da / db)
+                return bool(not ratio.free_symbols and ratio.is_finite and ratio != 0)
         return False
     return False
 
@@ -557,34 +660,153 @@ def equiv_normalized(pred: str, gold: str) -> bool:
         return False
 
 
-def _quick(pred: str, gold: str) -> Optional[bool]:
+_NUM_LATEX = re.compile(r"^\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
+
+
+def to_fraction(s: Optional[str]) -> Optional[Fraction]:
+    """Exact value of a plain number string: '42', '-3.5', '1,234', '3/4', '\\frac{3}{4}', '$12.00'."""
+    if s is None:
+        return None
+    s = s.strip().strip("$").replace("\\!", "").replace("{,}", "").replace("\\$", "").strip().rstrip(".")
+    if len(s) > 100:
+        return None
+    m = _NUM_LATEX.match(s)
+    if m:
+        s = f"{m.group(1)}/{m.group(2)}"
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        s = s.replace(",", "")
+    if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)(/-?\d+)?", s):
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def decimal_places(s: str) -> Optional[int]:
+    """Digits after the point if `s` is a plain decimal ('0.1666667' -> 7, '-1,234.50' -> 2), else None."""
+    m = _DECIMAL_RE.fullmatch(s.strip())
+    return len(m.group(1)) if m else None
+
+
+def _close_decimal(dec: Fraction, places: int, value, min_places: Optional[int]) -> bool:
+    """The precision policy: `dec`, written with `places` digits, stands for `value` (a Fraction, or a
+    real number as a decimal string / float) iff places >= min_places and dec is value rounded
+    (half away from zero) or truncated to that many places. Digits beyond 15 significant ones (what a
+    float carries: 28.274333882308138 for 9 pi) are not compared."""
+    if min_places is None or places < min_places or places > 50:
+        return False
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        if isinstance(value, Fraction):
+            v = decimal.Decimal(value.numerator) / decimal.Decimal(value.denominator)
+        else:
+            v = decimal.Decimal(str(value))
+        want = decimal.Decimal(dec.numerator) / decimal.Decimal(dec.denominator)
+        int_digits = len(str(int(abs(want)))) if abs(want) >= 1 else 0
+        q = decimal.Decimal(1).scaleb(-min(places, max(15 - int_digits, 0)))
+        modes = (decimal.ROUND_HALF_UP, decimal.ROUND_DOWN)
+        return bool({want.quantize(q, m) for m in modes} & {v.quantize(q, m) for m in modes})
+
+
+def _decimal_vs_value(pred: str, gold: str, min_places: Optional[int]) -> Optional[bool]:
+    """Verdict when one side is a plain decimal and the other a number (exact, rational or real);
+    None when this rule does not apply. Runs sympy only for non-rational other sides (call under a limit)."""
+    kp, kg = decimal_places(pred), decimal_places(gold)
+    if kp is None and kg is None:
+        return None
+    a, b = to_fraction(pred), to_fraction(gold)
+    if a is not None and b is not None:
+        if a == b:
+            return True
+        if kp is not None and (kg is None or kp <= kg):  # the coarser decimal stands for the finer value
+            return _close_decimal(a, kp, b, min_places)
+        return _close_decimal(b, kg, a, min_places)
+    dec_s, other, k = (pred, gold, kp) if kp is not None else (gold, pred, kg)
+    if min_places is None or k < min_places:
+        return None  # exact comparison (sympy) decides
+    try:
+        x = parse(other)
+    except (ParseError, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError, AttributeError):
+        return None
+    if isinstance(x, tuple) or x.free_symbols:
+        return None
+    try:
+        v = x.evalf(k + 20)
+        if not v.is_real:
+            return False
+        v = str(v)
+    except (TypeError, ValueError):
+        return None
+    return _close_decimal(to_fraction(dec_s), k, v, min_places)
+
+
+def _quick(pred: str, gold: str, min_places: Optional[int]) -> Optional[bool]:
     """Cheap in-process verdicts: identical strings, or both plain numbers. None = needs sympy."""
     if _string_key(pred) == _string_key(gold):
         return True
-    from rl.tasks import to_fraction
     a, b = to_fraction(pred), to_fraction(gold)
     if a is not None and b is not None:
-        return a == b
+        return a == b or bool(_decimal_vs_value(pred, gold, min_places))
     return None
 
 
-def is_equiv(pred: str, gold: str, *, timeout: float = 1.0) -> bool:
-    """True if the answer strings are mathematically equivalent; False on timeout or error."""
+def _equiv_policy(pred: str, gold: str, min_places: Optional[int] = MIN_DECIMAL_PLACES) -> bool:
+    """equiv_normalized plus the decimal precision policy (runs sympy; call under a time limit)."""
+    d = _decimal_vs_value(pred, gold, min_places)
+    if d is not None:
+        return d
+    if decimal_places(pred) is not None or decimal_places(gold) is not None:
+        # a short decimal against an irrational: exact only (the numeric tolerance is not applied)
+        try:
+            x, y = parse(pred), parse(gold)
+        except (ParseError, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError,
+                AttributeError):
+            return False
+        if not isinstance(x, tuple) and not isinstance(y, tuple) and not (x.free_symbols or y.free_symbols):
+            try:
+                import sympy
+                return bool(sympy.simplify(x - y) == 0)
+            except Exception:  # noqa: BLE001
+                return False
+    return equiv_normalized(pred, gold)
+
+
+def _percent_variants(pred: str, gold: str) -> list:
+    """(pred, gold) pairs to try: as written, and with the percent side divided by 100 (module docstring)."""
+    pairs = [(normalize(pred), normalize(gold))]
+    pp, gp = has_percent(pred), has_percent(gold)
+    if pp != gp:
+        if pp:
+            pairs.append((f"({pairs[0][0]})/100" if to_fraction(pairs[0][0]) is None
+                          else str(to_fraction(pairs[0][0]) / 100), pairs[0][1]))
+        else:
+            pairs.append((pairs[0][0], f"({pairs[0][1]})/100" if to_fraction(pairs[0][1]) is None
+                          else str(to_fraction(pairs[0][1]) / 100)))
+    return pairs
+
+
+def is_equiv(pred: str, gold: str, *, timeout: float = 1.0, min_places: Optional[int] = MIN_DECIMAL_PLACES) -> bool:
+    """True if the answer strings are mathematically equivalent; False on timeout or error.
+
+    min_places: the decimal precision policy (module docstring); None = decimals must be exact."""
     if pred is None or len(pred) > MAX_ANSWER_CHARS:
         return False
-    p, g = normalize(pred), normalize(gold)
-    q = _quick(p, g)
-    if q is not None:
-        return q
-    from rl.rewards import pool
-    return bool(pool.call(equiv_normalized, p, g, timeout=timeout, default=False))
+    for p, g in _percent_variants(pred, gold):
+        q = _quick(p, g, min_places)
+        if q is None:
+            q = bool(pool.call(_equiv_policy, p, g, min_places, timeout=timeout, default=False))
+        if q:
+            return True
+    return False
 
 
-def score(completion: str, gold: str, *, extract: str = "strict", timeout: float = 1.0) -> Score:
+def score(completion: str, gold: str, *, extract: str = "strict", timeout: float = 1.0,
+          min_places: Optional[int] = MIN_DECIMAL_PLACES) -> Score:
     """Extracts the answer from `completion` and checks it against `gold` (1.0 / correct iff equivalent)."""
     pred = ex.extract(completion, extract)
     if pred is None:
         return INCORRECT
     pred = pred.strip()
-    ok = is_equiv(pred, gold, timeout=timeout)
+    ok = is_equiv(pred, gold, timeout=timeout, min_places=min_places)
     return Score(1.0 if ok else 0.0, ok, pred[:MAX_ANSWER_CHARS])

@@ -34,7 +34,7 @@ CASES = [
     ("fraction", "\\frac{1}{3}", "0.33", False),
     ("fraction", "0.3333", "\\frac{1}{3}", False),
     ("fraction", "\\frac{2}{3}", "\\frac{3}{2}", False),
-    ("fraction", "\\frac{19}{12}", "1\\frac{7}{12}", False),  # mixed numbers read as products: refused
+    ("fraction", "\\frac{19}{12}", "1\\frac{7}{12}", True),  # a mixed number (rl.rewards.math docstring)
     ("fraction", "1.25", "\\frac{5}{4}", True),
     ("fraction", "\\frac{10}{4}", "2.5", True),
     ("fraction", "\\frac{1}{8}", "0.125", True),
@@ -79,7 +79,7 @@ CASES = [
     ("units", "\\text{5}", "5", True),
     ("units", "6 \\text{ cm}", "5", False),
     ("units", "\\mbox{7 apples}", "7", True),
-    ("units", "15\\%", "0.15", False),
+    ("units", "15\\%", "0.15", True),  # percent policy: 15% is 15 or 0.15
     # --- trailing period, \left/\right, spacing
     ("format", "5.", "5", True),
     ("format", "\\left(1, 2\\right)", "(1,2)", True),
@@ -211,4 +211,87 @@ CASES = [
     ("adversarial", "\\infty", "-\\infty", False),
     ("adversarial", "x", "1", False),
     ("adversarial", ", ".join(str(i) for i in range(200)), "7", False),
+    # --- mixed numbers: integer immediately followed by a proper fraction (rl.rewards.math docstring)
+    ("mixed", "2\\frac{3}{4}", "\\frac{11}{4}", True),
+    ("mixed", "2\\frac{3}{4}", "\\frac{3}{2}", False),  # not the product 2 * 3/4
+    ("mixed", "2\\frac34", "2.75", True),
+    ("mixed", "2 \\frac{3}{4}", "\\frac{11}{4}", True),
+    ("mixed", "2 3/4", "\\frac{11}{4}", True),
+    ("mixed", "-2\\frac{3}{4}", "-\\frac{11}{4}", True),
+    ("mixed", "-2\\frac{3}{4}", "-\\frac{5}{4}", False),  # the sign applies to the whole number
+    ("mixed", "\\frac{11}{4}", "2\\dfrac{3}{4}", True),
+    ("mixed", "3\\frac{1}{2}", "\\frac{3}{2}", False),
+    ("mixed", "2\\frac{5}{4}", "\\frac{5}{2}", True),  # improper: stays a product (2 * 5/4)
+    ("mixed", "2\\frac{5}{4}", "\\frac{13}{4}", False),
+    ("mixed", "x\\frac{3}{4}", "\\frac{3x}{4}", True),  # a letter before it: a product
+    ("mixed", "12\\frac{1}{2}", "6", False),
+    ("mixed", "12\\frac{1}{2}", "12.5", True),
+    # --- percent: an explicit % equals its number and its number / 100; no % anywhere: plain values
+    ("percent", "12\\%", "0.12", True),
+    ("percent", "0.12", "12\\%", True),
+    ("percent", "12", "12\\%", True),
+    ("percent", "12\\%", "12", True),
+    ("percent", "12 percent", "0.12", True),
+    ("percent", "12", "0.12", False),
+    ("percent", "0.12", "12", False),
+    ("percent", "0.12\\%", "12", False),
+    ("percent", "12\\%", "0.012", False),
+    ("percent", "1.2\\%", "12\\%", False),
+    ("percent", "50\\%", "\\frac{1}{2}", True),
+    ("percent", "50\\%", "\\frac{1}{3}", False),
+    # --- chained equalities: the last right-hand side
+    ("chain", "y = 3\\cdot 5 = 15", "15", True),
+    ("chain", "y = 3\\cdot 5 = 16", "15", False),
+    ("chain", "x = 2 + 3 = 5", "5", True),
+    ("chain", "x = 5 = 2 + 4", "5", False),
+    ("chain", "3 \\cdot 5 = 15", "15", True),
+    ("chain", "A = \\pi r^2 = 9\\pi", "9\\pi", True),
+    ("chain", "A = \\pi r^2 = 9\\pi", "3\\pi", False),
+    # --- inequality vs interval
+    ("inequality", "-2 \\le y < 5", "[-2,5)", True),
+    ("inequality", "-2 \\leq y < 5", "[-2,5]", False),
+    ("inequality", "-2 < y < 5", "[-2,5)", False),
+    ("inequality", "y > 3", "(3, \\infty)", True),
+    ("inequality", "y \\ge 3", "(3, \\infty)", False),
+    ("inequality", "x < 5", "(-\\infty, 5)", True),
+    ("inequality", "5 > x \\geq -2", "[-2, 5)", True),
+    ("inequality", "x \\in [-2, 5)", "-2 \\le x < 5", True),
+    # --- an equation vs a non-zero multiple of it
+    ("eq_multiple", "2x + 4y = 6", "x + 2y = 3", True),
+    ("eq_multiple", "2x = 6", "x = 3", True),
+    ("eq_multiple", "-x - 2y = -3", "x + 2y = 3", True),
+    ("eq_multiple", "2x + 4y = 7", "x + 2y = 3", False),
+    ("eq_multiple", "x^2 = 4", "x = 2", False),
+    ("eq_multiple", "0 = 0", "x + 2y = 3", False),
+    # --- decimal vs rational / irrational: precision policy (MIN_DECIMAL_PLACES = 6)
+    ("precision", "0.1666667", "\\frac{1}{6}", True),
+    ("precision", "0.166666", "\\frac{1}{6}", True),  # truncated to 6 places
+    ("precision", "0.16667", "\\frac{1}{6}", False),  # 5 places: an approximation
+    ("precision", "0.333333", "\\frac{1}{3}", True),
+    ("precision", "0.333334", "\\frac{1}{3}", False),
+    ("precision", "3.141593", "\\pi", True),
+    ("precision", "3.14159", "\\pi", False),
+    ("precision", "1.414214", "\\sqrt{2}", True),
+    ("precision", "1.414", "\\sqrt{2}", False),
+    ("precision", "0.1666667", "\\frac{1}{7}", False),
+    # --- Unicode math as models write it
+    ("unicode", "\u22123", "-3", True),
+    ("unicode", "2\u00d73", "6", True),
+    ("unicode", "6\u00f72", "3", True),
+    ("unicode", "\u221a2", "\\sqrt{2}", True),
+    ("unicode", "2\u221a3", "2\\sqrt{3}", True),
+    ("unicode", "\u221a3", "\\sqrt{2}", False),
+    ("unicode", "3\u03c0", "3\\pi", True),
+    ("unicode", "(\u2212\u221e, 2]", "(-\\infty, 2]", True),
+    ("unicode", "x \u2264 2", "(-\\infty, 2]", True),
+    ("unicode", "x \u2265 2", "(-\\infty, 2]", False),
+    ("unicode", "x\u00b2 + 1", "x^2+1", True),
+    ("unicode", "\u00bd", "0.5", True),
+    ("unicode", "\u22123", "3", False),
+    # --- unit wrappers
+    ("units", "5\\textnormal{ cm}", "5", True),
+    ("units", "5\\mathrm{cm}", "5", True),
+    ("units", "5\\mbox{ cm}^2", "5", True),
+    ("units", "12\\,\\mathrm{m}", "12", True),
+    ("units", "6\\textnormal{ cm}", "5", False),
 ]
