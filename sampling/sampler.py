@@ -252,7 +252,8 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
   pos0 = jnp.repeat(positions[:, -1], G)
   zeros = lambda dt: _constrain(jnp.zeros((B, N), dt), mesh)
   carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, tok=tok0, pos=pos0, done=~row_active,
-               stopped=jnp.zeros((B,), bool), tokens=zeros(jnp.int32), logp=zeros(jnp.float32),
+               stopped=jnp.zeros((B,), bool), tokens=_constrain(jnp.full((B, N), pad_id, jnp.int32), mesh),
+               logp=zeros(jnp.float32),
                raw=zeros(jnp.float32), mask=zeros(bool))
 
   def cond(c):
@@ -368,7 +369,7 @@ def _repack_core(shared, resp, carry, row_keys, idx, keep, *, n_slots, mesh):
 
 _prefill_jit = jax.jit(_prefill_core, static_argnames=("graphdef", "group_size", "n_slots", "mesh"))
 _chunk_jit = jax.jit(_chunk_core, static_argnames=(
-    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh"))
+    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh"), donate_argnames=("resp",))
 _repack_jit = jax.jit(_repack_core, static_argnames=("n_slots", "mesh"))
 
 
