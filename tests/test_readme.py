@@ -137,4 +137,4 @@ def test_quickstart_and_workdir(tmp_path):
   p = subprocess.run([tb, "--inspect", "--logdir", str(workdir / "tb")], capture_output=True, text=True, timeout=120)
   out = p.stdout + p.stderr
   assert p.returncode == 0, out[-3000:]
-  assert "reward/mean" in out and "eval/pass@1" in out, out[-3000:]
+  assert re.search(r"num_steps\s+3\b", out) and re.search(r"last_step\s+2\b", out), out[-3000:]   # steps 0, 1, 2
