@@ -6,11 +6,7 @@ Prints, per verifier: accuracy against our labels, agreement between the two, me
 call (ours includes the worker round-trip when sympy is needed). math-verify gets each answer
 wrapped in \\boxed{} (its LaTeX extraction) and its own default timeouts.
 """
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rl.rewards import math as rmath
 from rl.rewards.math_cases import CASES

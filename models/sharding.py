@@ -95,6 +95,7 @@ def shard_model(model: Decoder, mesh: Mesh) -> Decoder:
   return model
 
 
-def shard_batch(x, mesh: Mesh):
-  """Puts an array [B, ...] on the mesh with the batch split over ("data","fsdp")."""
-  return jax.device_put(x, NamedSharding(mesh, _fit(BATCH_SPEC, x.shape, mesh)))
+def shard_batch(x, mesh: Mesh, axis: int = 0):
+  """Puts an array on the mesh with dimension `axis` (the batch) split over ("data","fsdp") where they divide it
+  (replicated otherwise)."""
+  return jax.device_put(x, NamedSharding(mesh, _fit(P(*([None] * axis), BATCH), x.shape, mesh)))

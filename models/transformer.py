@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from models.warping import warp_logits
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, never NaN.
 
@@ -521,14 +523,31 @@ class Decoder(nnx.Module):
     return logits, {"rk": rk, "rv": rv}
 
   # -- training
-  def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128):
-    """log p(targets[b,t] | inputs[b,:t+1]) and the entropy of that distribution.
+  def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """log p(targets[b,t] | inputs[b,:t+1]) under the *sampling* distribution, and the raw model entropy.
 
-    inputs, targets int [B,T] -> (logp f32 [B,T], entropy f32 [B,T]). The unembedding,
-    log-softmax and entropy run over chunks of `chunk_size` time steps under a
-    rematerialised `lax.map`, so at most one [B,chunk,V] f32 block exists at a time
-    (also in the backward pass).
+    inputs, targets int [B,T] -> (logp f32 [B,T], entropy f32 [B,T]).
+
+    logp: log-probs under the distribution the sampler draws from with the same settings
+      (`models.warping.warp_logits`: logits / temperature, then the top-k and top-p masks,
+      recomputed here from this forward's logits). temperature=1, top_k=0, top_p=1 is the raw
+      model; temperature=0 (greedy) also gives the raw model log-probs, as the sampler records.
+      The target token is always kept in the masks: when this forward's logits differ from the
+      sampler's by float noise, a token at the top-p / top-k boundary can fall on the other side;
+      the sampled token then still has a finite log-prob (the normaliser moves by at most that
+      boundary token's probability, and only when the mass above it is within float noise of
+      top_p). The same holds for tokens the sampler never drew (e.g. injected solutions).
+    entropy: of the raw model distribution (temperature 1, no truncation), what the trainer logs.
+
+    The unembedding, log-softmax and entropy run over chunks of `chunk_size` time steps under a
+    rematerialised `lax.map`, so at most one [B,chunk,V] f32 block exists at a time (also in the
+    backward pass). temperature, top_k, top_p are static Python numbers.
     """
+    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+      raise ValueError(f"token_logprobs: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
+                       f"temperature={temperature}, top_k={top_k}, top_p={top_p}")
+    raw = temperature == 0.0 or (temperature == 1.0 and not top_k and top_p >= 1.0)
     h = self.hidden_states(inputs, positions, attention_mask)  # [B,T,D]
     w = self._unembed_matrix()
     B, T, D = h.shape
@@ -541,12 +560,18 @@ class Decoder(nnx.Module):
     @jax.checkpoint
     def chunk(args):
       hc, tc = args
+      tc = tc.astype(jnp.int32)
       logits = self._logits(hc, w)
       lse = jax.nn.logsumexp(logits, axis=-1)
-      tgt = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
       probs = jax.nn.softmax(logits, axis=-1)
       ent = lse - jnp.sum(probs * logits, axis=-1)
-      return tgt - lse, ent
+      if raw:
+        tgt = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return tgt - lse, ent
+      keep = jnp.arange(logits.shape[-1]) == tc[..., None]
+      x = warp_logits(logits, temperature, top_k, top_p, keep=keep)
+      tgt = jnp.take_along_axis(x, tc[..., None], axis=-1)[..., 0]
+      return tgt - jax.nn.logsumexp(x, axis=-1), ent
 
     logp, ent = jax.lax.map(chunk, (hp, tp))
     un = lambda a: a.swapaxes(0, 1).reshape(B, n * c)[:, :T]

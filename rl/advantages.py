@@ -147,12 +147,7 @@ def zero_advantage_fraction(advantages):
   return jnp.mean((advantages == 0).astype(jnp.float32))
 
 
-def expand_keep_to_groups(group_keep, group_size):
-  """bool [P] -> bool [N]: repeat a per-group flag over its G rows (e.g. ~zero_variance_groups)."""
-  return jnp.repeat(jnp.asarray(group_keep), group_size, axis=0)
-
-
 __all__ = [
     "grpo_advantages", "rloo_advantages", "psr_nsr_advantages", "sign_mask", "gradient_filter_mask",
-    "zero_variance_groups", "zero_advantage_fraction", "expand_keep_to_groups",
+    "zero_variance_groups", "zero_advantage_fraction",
 ]

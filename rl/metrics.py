@@ -35,12 +35,6 @@ def pass_at_k(n, c, k):
   return jnp.where((k < 1) | (k > n), jnp.nan, out)
 
 
-def pass_at_k_from_correct(correct, k):
-  """pass@k from a correctness table.  correct: bool [P, n]; returns f32 [P]."""
-  correct = jnp.asarray(correct)
-  return pass_at_k(correct.shape[-1], correct.astype(jnp.int32).sum(-1), k)
-
-
 def _majority_correct(pred, correct):
   """One problem. pred int [k] (-1 = no answer), correct bool [k] -> expected correctness of the vote."""
   valid = pred >= 0
@@ -140,5 +134,5 @@ def summarize_runs(scores, *, low=0.0, high=1.0):
               num_uncertain=uncertain.sum().astype(jnp.int32))
 
 
-__all__ = ["pass_at_k", "pass_at_k_from_correct", "maj_at_k", "maj_at_k_resampled", "encode_predictions",
+__all__ = ["pass_at_k", "maj_at_k", "maj_at_k_resampled", "encode_predictions",
            "summarize_runs"]

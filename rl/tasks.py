@@ -10,12 +10,14 @@ Names:
   "jsonl" / "parquet"  local files (rl.data.files), presets "math" / "gsm8k" / "deepscaler", math verifier
   "reasoning_gym"  procedural puzzles from the reasoning-gym package, scored by its own scorers
   "code"           local JSONL of {prompt, tests} programming problems, sandboxed execution (rl.rewards.code)
+  "toy_last_digit" / "toy_parity"  two-digit numbers for the tiny model (models.tiny.CharTokenizer vocabulary)
 
 `task.score` is picklable without the problem lists, so `rl.rewards.pool.score_batch(task.score, ...)`
 ships only the scorer and its options to the workers.
 """
 import dataclasses
 import functools
+import random
 import re
 from fractions import Fraction
 from typing import Any, Callable, Optional
@@ -227,7 +229,27 @@ def _code(*, path: str, eval_size: int = 0, seed: int = 0, timeout: float = 2.0,
                 info={"skipped_rows": skipped})
 
 
-_REGISTRY = {
+def score_first_char(completion: str, problem: Problem) -> Score:
+    """Toy tasks: correct when the completion's first character is the answer digit."""
+    pred = completion[:1] or None
+    ok = pred == problem.answer
+    return Score(float(ok), ok, pred)
+
+
+def _toy(kind: str) -> Task:
+    """Question "47=" (a two-digit number and "=", the character tokenizer's vocabulary); train 80 numbers, eval 20
+    held-out ones (fixed split). "last_digit": the answer is the last digit (a copy; a random policy is right
+    ~1/17 of the time); "parity": "0" for even numbers, "1" for odd ones (random ~2/17, the format alone ~1/2)."""
+    nums = [f"{i:02d}" for i in range(100)]
+    random.Random(0).shuffle(nums)
+    answer = (lambda q: q[-1]) if kind == "last_digit" else (lambda q: str(int(q) % 2))
+    mk = lambda q: Problem(id=f"toy-{q}", question=q + "=", answer=answer(q), solution=answer(q))
+    return Task(f"toy_{kind}", [mk(q) for q in nums[:80]], [mk(q) for q in nums[80:]], score_first_char)
+
+
+REGISTRY = {
+    "toy_last_digit": functools.partial(_toy, "last_digit"),
+    "toy_parity": functools.partial(_toy, "parity"),
     "arithmetic": _arithmetic,
     "math_sample": _math_sample,
     "jsonl": functools.partial(_files, "jsonl"),
@@ -239,16 +261,12 @@ _REGISTRY = {
 
 def make(name: str, **kwargs) -> Task:
     """Builds the task `name` with its options (see the module docstring and each builder)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available: {sorted(_REGISTRY)}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown task {name!r}; available: {sorted(REGISTRY)}")
     kwargs = {k: _as_dict(v) for k, v in kwargs.items()}
     try:
-        return _REGISTRY[name](**kwargs)
+        return REGISTRY[name](**kwargs)
     except TypeError as e:
         if "unexpected keyword argument" in str(e) or "missing" in str(e):
             raise TypeError(f"tasks.make({name!r}): {e}") from e
         raise
-
-
-def names() -> list:
-    return sorted(_REGISTRY)

@@ -42,6 +42,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from models.warping import top_k_mask, top_p_mask
+
 _BLOCK = 256  # vocab block of the two-level inverse CDF
 _COMPILES = {"count": 0}
 
@@ -82,35 +84,7 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 # ----------------------------------------------------------------------------- masks
 
-def top_k_mask(logits, k: int):
-  """logits f32 [B,V], static k >= 1 -> keep bool [B,V]: the k largest (ties with the k-th kept)."""
-  k = min(int(k), logits.shape[-1])
-  kth = jax.lax.top_k(logits, k)[0][:, -1:]
-  return logits >= kth
-
-
-def top_p_mask(logits, top_p):
-  """logits f32 [B,V] (-inf = excluded), top_p scalar in (0,1] -> keep bool [B,V].
-
-  Keeps token i iff the probability mass of the tokens strictly more probable than i is
-  < top_p: the smallest most-probable set reaching top_p (transformers' TopP rule; tokens
-  tied at the boundary are all kept). Exact and sort-free: bisection over the int32 bit
-  patterns of the probabilities (ordered like the floats), 32 masked sums over V.
-  """
-  probs = jax.nn.softmax(logits, axis=-1)
-  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # probs >= 0: int order == float order
-  B = logits.shape[0]
-
-  def body(_, lohi):
-    lo, hi = lohi  # invariant: mass_above(hi) < top_p (hi is a valid threshold), lo is not
-    mid = lo + (hi - lo) // 2
-    ok = jnp.sum(jnp.where(bits > mid[:, None], probs, 0.0), axis=-1) < top_p
-    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-  lo = jnp.full((B,), -1, jnp.int32)
-  hi = jnp.full((B,), 0x7F800000, jnp.int32)  # +inf: nothing is above it
-  _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
-  return bits >= hi[:, None]
+# top_k_mask / top_p_mask live in models.warping (Decoder.token_logprobs replays them); re-exported here.
 
 
 def _inverse_cdf(x, u):

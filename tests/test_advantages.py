@@ -110,4 +110,3 @@ def test_gradient_filter_and_zero_fraction():
   a = jnp.array([0.0, 0.05, -0.2, 0.3, -0.05, 0.0])
   np.testing.assert_array_equal(A.gradient_filter_mask(a, 0.05), [0, 0, 1, 1, 0, 0])
   assert float(A.zero_advantage_fraction(a)) == pytest.approx(2 / 6)
-  np.testing.assert_array_equal(A.expand_keep_to_groups(jnp.array([True, False]), 3), [1, 1, 1, 0, 0, 0])

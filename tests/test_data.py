@@ -120,3 +120,70 @@ def test_solution_store(tmp_path):
         solutions.SolutionStore.load(bad)
     st = solutions.SolutionStore.from_problems([Problem("p", "q", "1", "sol"), Problem("r", "q", "1")])
     assert st.get("p") == ["sol"] and st.get("r") == []
+
+
+# ---------------------------------------------------------------------------- malformed files and rows
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+OK1, OK2 = b'{"problem": "a", "answer": "1"}', b'{"problem": "c", "answer": "3"}'
+
+
+def test_invalid_json_names_the_right_column(tmp_path):
+    # 27 characters, then the value is missing: column 28 (the old message said column 1, of the newline)
+    p = _write_bytes(tmp_path / "d.jsonl", OK1 + b'\n{"problem": "b", "answer": \n' + OK2 + b"\n")
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: invalid JSON \(Expecting value at column 28\)"):
+        files.load_problems(p)
+    p = _write_bytes(tmp_path / "e.jsonl", b'\n\n{"problem": x}\r\n')   # CRLF; x is character 13
+    with pytest.raises(ValueError, match=r"e\.jsonl:3: invalid JSON \(Expecting value at column 13\)"):
+        files.load_problems(p)
+    # a stray carriage return inside a row does not shift the line numbers of later rows
+    p = _write_bytes(tmp_path / "f.jsonl", OK1 + b'\n{"problem": "b",\r "answer": "2"}\n{oops}\n')
+    with pytest.raises(ValueError, match=r"f\.jsonl:3: invalid JSON"):
+        files.load_problems(p)
+    probs, skipped = files.load_problems(p, on_bad_row="skip")
+    assert [(x.id, x.answer) for x in probs] == [("f.jsonl/1", "1"), ("f.jsonl/2", "2")] and skipped == 1
+
+
+def test_binary_and_wrong_encoding_rows(tmp_path):
+    p = _write_bytes(tmp_path / "g.jsonl", OK1 + b"\n\x80\x81garbage\xff\x00\n" + OK2 + b"\n")
+    with pytest.raises(ValueError, match=r"g\.jsonl:2: binary data \(NUL byte at column 11\)"):
+        files.load_problems(p)
+    p = _write_bytes(tmp_path / "h.jsonl", OK1 + b"\n\x80\x81garbage\xff\n" + OK2 + b"\n")
+    with pytest.raises(ValueError, match=r"h\.jsonl:2: not valid UTF-8 \(byte 0x80 at column 1\)"):
+        files.load_problems(p)
+    probs, skipped = files.load_problems(p, on_bad_row="skip")
+    assert [x.answer for x in probs] == ["1", "3"] and skipped == 1
+    latin1 = '{"problem": "café", "answer": "1"}'.encode("latin-1")   # é (0xe9) is character 17
+    p = _write_bytes(tmp_path / "l.jsonl", OK1 + b"\n" + latin1 + b"\n")
+    with pytest.raises(ValueError, match=r"l\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 17\)"):
+        files.load_problems(p)
+
+
+def test_bad_files(tmp_path):
+    for name, data in [("empty.jsonl", b""), ("blank.jsonl", b"\n  \n\n")]:
+        for mode in ("error", "skip"):
+            with pytest.raises(ValueError, match=rf"{name}:1: empty file"):
+                files.load_problems(_write_bytes(tmp_path / name, data), on_bad_row=mode)
+    text = (OK1 + b"\n").decode()
+    for name, data, what in [("u16.jsonl", text.encode("utf-16"), "UTF-16"),
+                             ("u32.jsonl", text.encode("utf-32"), "UTF-32"),
+                             ("gz.jsonl", __import__("gzip").compress(OK1), "gzip")]:
+        with pytest.raises(ValueError, match=rf"{name}:1: not a UTF-8 JSONL file: {what}"):
+            files.load_problems(_write_bytes(tmp_path / name, data), on_bad_row="skip")
+    p = _write_bytes(tmp_path / "allbad.jsonl", b"{\n[1]\n")
+    with pytest.raises(ValueError, match=r"allbad\.jsonl:1: no usable rows \(2 bad lines skipped\)"):
+        files.load_problems(p, on_bad_row="skip")
+    p = _write_bytes(tmp_path / "bad.parquet", b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"bad\.parquet:1: not a readable parquet file"):
+        files.load_problems(p)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    p = _write_bytes(tmp_path / "bom.jsonl", b"\xef\xbb\xbf" + OK1 + b"\n" + b"\xef\xbb\xbf" + OK2 + b"\n")
+    probs, skipped = files.load_problems(p)
+    assert [(x.id, x.question, x.answer) for x in probs] == [("bom.jsonl/1", "a", "1"), ("bom.jsonl/2", "c", "3")]
+    assert skipped == 0

@@ -365,8 +365,6 @@ def test_mesh_sharded_matches_single_device(model, tiny, tmp_path):
       import os, pickle
       os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
       os.environ["JAX_PLATFORMS"] = "cpu"
-      import sys
-      sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
       import jax, numpy as np
       import sampling
       from test_sampling import _tiny_model
@@ -386,6 +384,7 @@ def test_mesh_sharded_matches_single_device(model, tiny, tmp_path):
       np.testing.assert_array_equal(ref["tokens"], ex.tokens)
       print("OK", sh.tokens.sharding)
   """)
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  tests_dir = os.path.dirname(os.path.abspath(__file__))   # for `from test_sampling import ...`
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, tests_dir, os.environ.get("PYTHONPATH", "")]))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]

@@ -2,34 +2,24 @@
 import json
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from rl import algorithms, config, rollout, trainer, update
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from experiments.configs import common  # noqa: E402
-from rl import trainer  # noqa: E402
-
 METHODS = ["grpo", "dr_grpo", "psr", "nsr", "w_reinforce", "positive_only", "negative_only", "prorl", "dash",
-           "rlr", "osi", "sft", "default"]
+           "rlr", "osi", "sft", "gspo", "cispo", "default"]
 
 
 def load_config(name, **overrides):
-  import importlib
-  c = importlib.import_module(f"experiments.configs.{name}").get_config()
-  common.tiny_overrides(c)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  """experiments/configs/<name>.py shrunk to the tiny model and toy task, then `overrides` (dotted keys)."""
+  c = config.tiny_overrides(config.from_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))
+  return config.override(c, overrides)
 
 
 def rows(workdir):
@@ -63,6 +53,7 @@ def test_tiny_reward_rises(tmp_path):
     assert key in r[1], key
   # the trainer's forward reproduces the sampler's (temperature 1) log-probs
   assert all(x["sampler_logp_diff"] < 1e-4 for x in train_rows(tmp_path))
+  assert all(abs(x["mismatch/is_ratio_max"] - 1) < 1e-3 for x in train_rows(tmp_path))
   assert os.listdir(tmp_path / "tb")
 
 
@@ -91,6 +82,8 @@ def test_method_config_runs(name, tmp_path):
   if name == "dash":
     assert 0 < r["grad_filter/dropped_frac"] <= 1
     assert r["lr"] == c.optim.lr and rs[1]["lr"] == c.optim.lr
+  if name == "prorl":   # samples at temperature 1.2: the trainer's log-probs are those of the same distribution
+    assert c.rollout.temperature == 1.2 and all(x["sampler_logp_diff"] < 1e-4 for x in rs)
   if name == "prorl":   # reset every step: step 2 starts with reference == policy, so KL to it is exactly 0
     assert rs[0]["ref/reset"] == 1 and rs[0]["ref/source_step"] == 1
     assert rs[1]["kl/ref"] == pytest.approx(0.0, abs=1e-7)
@@ -108,31 +101,29 @@ def tiny_trainer(tmp_path_factory):
   return trainer.Trainer(c, str(tmp_path_factory.mktemp("unit")))
 
 
-def _batch(t, seed=0):
-  """A real rollout batch from the tiny trainer, flattened to the update's inputs [N, ...]."""
-  b, _ = t.collect(t.state["params"], jax.random.PRNGKey(seed))
-  m = b["mask"].astype(np.float32)
-  batch = {"prompt": b["prompt"], "prompt_mask": b["prompt_mask"], "resp": b["tokens"], "resp_mask": m,
-           "adv": b["adv"]}
-  batch["old_logp"] = t._forward(t.state["params"], batch) - 0.05   # off-policy so the clip terms matter
-  return batch
+def _arrays(t, seed=0):
+  """A real rollout batch from the tiny trainer as the update's input arrays [N, ...]."""
+  b, _ = rollout.collect(t.ctx, t.state["params"], t.it, jax.random.PRNGKey(seed))
+  b, _ = algorithms.postprocess(t.c, b)
+  arrays, _ = t.logprobs(t.state, b)
+  arrays["old_logp"] = arrays["old_logp"] - 0.05   # off-policy so the clip terms matter
+  return arrays
 
 
 def test_micro_batching_does_not_change_the_update(tiny_trainer, agg="seq-mean-token-mean"):
-  import optax
   t = tiny_trainer
-  batch = _batch(t)
-  batch["adv"] = np.linspace(-1, 1, len(batch["adv"])).astype(np.float32)   # all rows carry signal
-  batch["resp_mask"][::3, -1] = 0   # ragged lengths
-  n = len(batch["adv"])
+  arrays = _arrays(t)
+  arrays["adv"] = np.linspace(-1, 1, len(arrays["adv"])).astype(np.float32)   # all rows carry signal
+  arrays["mask"][::3, -1] = False   # ragged lengths
+  n = len(arrays["adv"])
   # plain SGD with lr 1: the parameter change IS the accumulated gradient
-  static = dict(trainer.loss_static(t.c.loss), agg=agg)
-  update = trainer.make_update_fn(t.graphdef, optax.sgd(1.0), static)
+  static = dict(update.loss_static(t.c.loss), agg=agg)
+  upd = update.make_update_fn(t.graphdef, optax.sgd(1.0), static)
   opt = optax.sgd(1.0).init(t.state["params"])
   outs = []
   for micro in (n, n // 4):
-    mb = {k: v.reshape(n // micro, micro, *v.shape[1:]) for k, v in batch.items()}
-    outs.append(update(t.state["params"], opt, t._put(mb, lead=1), t.hp))
+    mb = {k: v.reshape(n // micro, micro, *v.shape[1:]) for k, v in arrays.items()}
+    outs.append(upd(t.state["params"], opt, update.put(mb, t.mesh, axis=1), t.hp))
   (p1, _, m1), (p2, _, m2) = outs
   assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5, abs=1e-7)
   assert float(m1["grad_norm"]) == pytest.approx(float(m2["grad_norm"]), rel=1e-4)
@@ -142,10 +133,10 @@ def test_micro_batching_does_not_change_the_update(tiny_trainer, agg="seq-mean-t
 
 def test_non_finite_loss_skips_the_update(tiny_trainer):
   t = tiny_trainer
-  batch = _batch(t, seed=1)
-  batch["adv"] = np.full(len(batch["adv"]), np.nan, np.float32)
-  mb = {k: v[None] for k, v in batch.items()}
-  p, o, m = t.update(t.state["params"], t.state["opt_state"], t._put(mb, lead=1), t.hp)
+  arrays = _arrays(t, seed=1)
+  arrays["adv"] = np.full(len(arrays["adv"]), np.nan, np.float32)
+  mb = {k: v[None] for k, v in arrays.items()}
+  p, o, m = t.update(t.state["params"], t.state["opt_state"], update.put(mb, t.mesh, axis=1), t.hp)
   assert float(m["skipped"]) == 1.0
   same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p, t.state["params"])
   assert all(jax.tree.leaves(same))
@@ -156,8 +147,8 @@ def test_validate_names_the_key():
   c = load_config("grpo")
   c.algo = "ppo2"
   with pytest.raises(ValueError, match=r"config\.algo='ppo2'"):
-    common.validate(c)
+    config.validate(c)
   c = load_config("grpo")
   c.train.minibatches = 3
   with pytest.raises(ValueError, match=r"config\.train\.minibatches"):
-    common.validate(c)
+    config.validate(c)

@@ -1,11 +1,10 @@
 """DASH: preemptive sampling (one sampler call for 4 update-batches, gradients accumulated in small increments)
 and gradient filtering (drop samples with |A| <= tau)."""
-from experiments.configs import common
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "grpo"
+  c = config.base()
   c.rollout.prompts_per_step = 4 * 8   # 4 update-batches of 8 prompts sampled in one call
   c.train.minibatches = 4              # one optimizer update per update-batch
   c.train.micro_batch_size = 16        # gradient accumulation increment

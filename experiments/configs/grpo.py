@@ -1,9 +1,8 @@
 """GRPO (DeepSeekMath): group-normalised advantages, PPO clip 0.2, sequence-mean of token-means, no KL."""
-from experiments.configs import common
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "grpo"
+  c = config.base()
   c.loss.agg = "seq-mean-token-mean"
   return c.lock()

@@ -1,9 +1,8 @@
-"""NSR: negative sample reinforcement only (push down incorrect samples, A=-1 on them)."""
-from experiments.configs import common
+"""NSR: negative sample reinforcement only (push down incorrect samples, A=-1 on them)
+with the REINFORCE loss (set in rl.algorithms.REGISTRY)."""
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "nsr"
-  c.loss.loss_type = "reinforce"   # -A * logp, as in the paper (same gradient as PPO at ratio 1)
+  c = config.base("nsr")
   return c.lock()

@@ -1,8 +1,7 @@
 """GRPO advantages normalised over the full group, then only samples with A > 0 are kept."""
-from experiments.configs import common
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "positive_only"
+  c = config.base("positive_only")
   return c.lock()

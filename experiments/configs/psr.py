@@ -1,9 +1,8 @@
-"""PSR: positive sample reinforcement only (learn from correct samples, A=+1 on them)."""
-from experiments.configs import common
+"""PSR: positive sample reinforcement only (learn from correct samples, A=+1 on them)
+with the REINFORCE loss (set in rl.algorithms.REGISTRY)."""
+from rl import config
 
 
 def get_config():
-  c = common.base()
-  c.algo = "psr"
-  c.loss.loss_type = "reinforce"   # -A * logp, as in the paper (same gradient as PPO at ratio 1)
+  c = config.base("psr")
   return c.lock()

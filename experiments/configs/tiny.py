@@ -4,11 +4,11 @@ is right ~2/17 of the time and GRPO lifts the reward to ~0.5 and beyond within a
 
   python experiments/run.py --config experiments/configs/tiny.py --workdir /tmp/tiny
 """
-from experiments.configs import common
+from rl import config
 
 
 def get_config():
-  c = common.base()
+  c = config.base()
   c.total_steps = 40
   c.checkpoint_every = 20
   return c.lock()
