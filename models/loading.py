@@ -1,6 +1,7 @@
 """Load / save Hugging Face checkpoints (safetensors, GGUF) into `models.Decoder`. No torch.
 
   model, tok = load_pretrained("/path/to/hf_dir")                                # config.json + *.safetensors
+  model, tok = load_pretrained("Qwen/Qwen2.5-0.5B-Instruct")                     # a Hub repo id: cache / download
   model, tok = load_pretrained("/dir", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")  # llama.cpp GGUF
   save_pretrained(model, "/out")        # config.json + model.safetensors, loadable by transformers
 
@@ -17,11 +18,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import struct
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import huggingface_hub
+from huggingface_hub import constants as hf_constants, errors as hf_errors
 import ml_dtypes
 import numpy as np
 from flax import nnx
@@ -212,14 +216,68 @@ def _load_tokenizer(path, **kw):
     return None
 
 
-def load_pretrained(path: str, *, gguf_file: str | None = None, dtype: str = "float32",
-                    param_dtype: str | None = None, remat: bool = False, tokenizer: bool = True, mesh=None):
-  """Loads a local HF directory (config.json + safetensors) or a GGUF file -> (Decoder, tokenizer|None).
+# What load_pretrained reads from a Hub repo (no torch .bin, no optimizer states, no other GGUF quantisations).
+_HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+              "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-  path: HF checkpoint directory, or the directory holding `gguf_file`, or a .gguf file path.
+
+def hub_cache_dir() -> str:
+  """The Hugging Face Hub cache directory, read from the environment at call time.
+
+  HF_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default (~/.cache/huggingface/hub).
+  """
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  if os.environ.get("HF_HOME"):
+    return os.path.join(os.environ["HF_HOME"], "hub")
+  return hf_constants.HF_HUB_CACHE
+
+
+def _hub_offline() -> bool:
+  return (os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+          or hf_constants.HF_HUB_OFFLINE)
+
+
+def resolve_path(path: str, *, gguf_file: str | None = None, revision: str | None = None) -> str:
+  """A local path -> itself; a Hub repo id "org/name" -> its snapshot directory in the local Hub cache.
+
+  An existing local path always wins. A repo id is looked up in the Hub cache (`hub_cache_dir()`, the layout
+  `models--org--name/snapshots/<commit>/` with `refs/<revision>`); when online, missing files are downloaded
+  (only config, safetensors and tokenizer files, or just `gguf_file`). Offline (HF_HUB_OFFLINE=1, or no
+  network) with no cache entry: FileNotFoundError, one line naming the repo id and the cache directory.
+  """
+  path = os.fspath(path)
+  if os.path.exists(path) or not _REPO_ID.fullmatch(path) or path.endswith(".gguf"):
+    return path
+  cache = hub_cache_dir()
+  try:
+    return huggingface_hub.snapshot_download(
+        path, revision=revision, cache_dir=cache, local_files_only=_hub_offline(),
+        allow_patterns=[gguf_file] if gguf_file else _HUB_FILES)
+  except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
+    why = "offline (HF_HUB_OFFLINE=1)" if _hub_offline() else "the Hub could not be reached"
+    raise FileNotFoundError(f"{path!r} is neither a local path nor in the Hugging Face cache {cache} "
+                            f"(revision {revision or 'main'}), and {why}: download it where there is network "
+                            f"(or point HF_HUB_CACHE at a cache that has it)") from None
+  except hf_errors.RepositoryNotFoundError:
+    raise FileNotFoundError(f"{path!r} is neither a local path nor a Hugging Face Hub repository "
+                            f"(cache {cache})") from None
+
+
+def load_pretrained(path: str, *, gguf_file: str | None = None, dtype: str = "float32",
+                    param_dtype: str | None = None, remat: bool = False, tokenizer: bool = True, mesh=None,
+                    revision: str | None = None):
+  """Loads a local HF directory (config.json + safetensors), a GGUF file or a Hub repo id -> (Decoder, tok|None).
+
+  path: HF checkpoint directory, or the directory holding `gguf_file`, or a .gguf file path, or a Hugging
+    Face Hub repo id such as "Qwen/Qwen2.5-0.5B-Instruct" (resolved through the local Hub cache, downloaded
+    when online: see `resolve_path`; `revision` picks a branch, tag or commit).
   dtype: compute dtype; param_dtype defaults to dtype.
   mesh: optional jax Mesh ("data","fsdp","tensor"): parameters are placed sharded as they are read.
   """
+  path = resolve_path(path, gguf_file=gguf_file, revision=revision)
   if gguf_file is None and str(path).endswith(".gguf"):
     path, gguf_file = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
   if gguf_file is not None:
