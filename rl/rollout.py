@@ -149,7 +149,9 @@ def sample(ctx, params, problems, rng, *, group_size, max_new_tokens, temperatur
   t1 = time.perf_counter()
   rows = [p for p in problems for _ in range(group_size)]
   completions = [ctx.tok.decode(t[m].tolist(), skip_special_tokens=True) for t, m in zip(out.tokens, out.mask)]
+  timeouts_before = pool.get_pool(r.reward_workers).timeouts
   scores = pool.score_batch(ctx.task.score, completions, rows, timeout=r.reward_timeout, workers=r.reward_workers)
+  timeouts = pool.get_pool(r.reward_workers).timeouts - timeouts_before
   n = len(rows)
   reward = np.array([s.reward for s in scores], np.float32)
   batch = Batch(problems=rows, prompt=out.prompt_tokens, prompt_mask=out.prompt_mask, tokens=out.tokens,
@@ -157,7 +159,7 @@ def sample(ctx, params, problems, rng, *, group_size, max_new_tokens, temperatur
                 completions=completions, pred=[s.pred for s in scores], reward=reward,
                 correct=np.array([s.correct for s in scores], bool), injected=np.zeros(n, bool),
                 keep=np.ones(n, bool), shaped_reward=reward.copy(), adv=np.zeros(n, np.float32))
-  return batch, {"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1}
+  return batch, {"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1, "reward/timeouts": timeouts}
 
 
 def sft_batch(ctx, problems):
@@ -195,7 +197,7 @@ def collect(ctx, params, it, rng):
   c = ctx.config
   r, G = c.rollout, c.rollout.group_size
   if not algorithms.REGISTRY[c.algo].rollout:
-    return sft_batch(ctx, next(it)), {"time/generate": 0.0, "time/reward": 0.0}
+    return sft_batch(ctx, next(it)), {"time/generate": 0.0, "time/reward": 0.0, "reward/timeouts": 0}
   draw = lambda k: sample(ctx, params, next(it), jax.random.fold_in(rng, k), group_size=G,
                           max_new_tokens=r.max_new_tokens, temperature=r.temperature)
   batch, info = draw(0)
@@ -210,6 +212,7 @@ def collect(ctx, params, it, rng):
       extra, t = draw(draws)
       info["time/generate"] += t["time/generate"]
       info["time/reward"] += t["time/reward"]
+      info["reward/timeouts"] += t["reward/timeouts"]
       informative = np.nonzero(~np.asarray(adv_lib.zero_variance_groups(jnp.asarray(extra.reward), G)))[0]
       for s, d in zip(informative, np.nonzero(const)[0]):   # informative groups into slots of constant ones
         _copy_rows(batch, extra, d, s, G)

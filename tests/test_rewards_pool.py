@@ -28,13 +28,14 @@ def test_score_batch_hang_error_crash():
     p = pool.get_pool(2)
     # each worker imports this test module on its first item (slow on a loaded machine): not under test here
     pool.score_batch(_scorer, ["w", "w"], ["w", "w"], timeout=60.0, workers=2)
-    restarts = p.restarts
+    restarts, timeouts = p.restarts, p.timeouts
     t0 = time.monotonic()
     out = pool.score_batch(_scorer, comps, probs, timeout=1.0, workers=2)
     elapsed = time.monotonic() - t0
     assert out == [Score(1.0, True, "a"), INCORRECT, Score(1.0, True, "b"), INCORRECT,
                    Score(0.0, False, "x"), INCORRECT, Score(1.0, True, "c")]
     assert p.restarts - restarts == 2  # the hung worker and the dead one were replaced
+    assert p.timeouts - timeouts == 1  # only the hung item counts as a timeout (the dead one is an error)
     assert elapsed < 10.0
     # the pool still works after the replacements
     assert pool.score_batch(_scorer, ["z"], ["z"], timeout=1.0, workers=2) == [Score(1.0, True, "z")]

@@ -49,10 +49,11 @@ def test_tiny_reward_rises(tmp_path):
   for key in ["reward/mean", "acc/mean", "response_length/mean", "response_length/max", "response/truncated_frac",
               "adv/zero_frac", "dynamic/dropped_group_frac", "grad_filter/dropped_frac", "clip_frac/low",
               "clip_frac/high", "kl/approx_old", "kl/ref", "entropy", "grad_norm", "lr", "sampler_logp_diff",
-              "time/generate", "time/reward", "time/reference", "time/update", "tokens_per_s"]:
+              "time/generate", "time/reward", "time/reference", "time/update", "tokens_per_s", "reward/timeouts"]:
     assert key in r[1], key
   # the trainer's forward reproduces the sampler's (temperature 1) log-probs
   assert all(x["sampler_logp_diff"] < 1e-4 for x in train_rows(tmp_path))
+  assert all(x["reward/timeouts"] == 0 for x in train_rows(tmp_path))   # the toy scorer never hangs
   assert all(abs(x["mismatch/is_ratio_max"] - 1) < 1e-3 for x in train_rows(tmp_path))
   assert os.listdir(tmp_path / "tb")
 

@@ -198,6 +198,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.restarts = 0  # how many workers were killed and replaced (for tests / metrics)
         self.bad_results = 0  # items whose score_fn returned something that is not a Score
+        self.timeouts = 0  # items that ran past their limit (their worker was killed; scored incorrect)
         self._imports: set = set()  # modules of the scorers seen: replacement workers import them first
         sweep_stale_tmp()
 
@@ -279,6 +280,7 @@ class WorkerPool:
                 for w in [w for w, (_, d) in busy.items() if d <= now]:
                     i, _ = busy.pop(w)
                     results[i] = ("timeout", None)
+                    self.timeouts += 1
                     self._drop(w)
                 for w in starting:
                     if not w.ready and now > w.started + STARTUP_TIMEOUT:
