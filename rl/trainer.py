@@ -50,13 +50,14 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
-def make_mesh(mc):
-  """config.mesh {data, fsdp} (one may be -1 = the remaining devices) -> Mesh ("data", "fsdp", "tensor"=1)."""
+def make_mesh(mc, devices=None):
+  """config.mesh {data, fsdp, tensor} (one may be -1 = the remaining devices) -> Mesh ("data", "fsdp", "tensor").
+  devices: default jax.devices() (experiments/plan.py passes abstract TPU devices)."""
   from models import sharding
   try:
-    return sharding.make_mesh(data=mc.data, fsdp=mc.fsdp, tensor=1)
+    return sharding.make_mesh(data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor, devices=devices)
   except ValueError as e:
-    raise ValueError(f"config.mesh (data={mc.data}, fsdp={mc.fsdp}): {e}") from None
+    raise ValueError(f"config.mesh (data={mc.data}, fsdp={mc.fsdp}, tensor={mc.tensor}): {e}") from None
 
 
 def build_model(mc, seed):
@@ -71,7 +72,7 @@ def build_model(mc, seed):
         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu",
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False)
-    cfg = models.DecoderConfig.from_hf(hf, dtype=mc.dtype)
+    cfg = models.DecoderConfig.from_hf(hf, dtype=mc.dtype, param_dtype=mc.param_dtype or None, remat=mc.remat)
     return random_decoder(cfg, seed), tok
   if mc.source == "gguf":
     path = mc.path or models.smollm2_gguf_path()
@@ -79,7 +80,7 @@ def build_model(mc, seed):
     path = mc.path
   if not path or not os.path.exists(path):
     raise FileNotFoundError(f"config.model.path={path!r} does not exist")
-  model, tok = models.load_pretrained(path, dtype=mc.dtype)
+  model, tok = models.load_pretrained(path, dtype=mc.dtype, param_dtype=mc.param_dtype or None, remat=mc.remat)
   if tok is None:
     raise ValueError(f"config.model.path={path!r} has no tokenizer")
   return model, tok
@@ -164,6 +165,17 @@ def make_optimizer(oc, updates_per_step, total_steps):
   return tx, sched
 
 
+def opt_state_shardings(tx, params, mesh):
+  """-> shardings of tx.init(params): every sub-tree shaped like `params` (AdamW's mu and nu) is sharded like
+  the params, the rest (step counts) replicated. Needed because jit(tx.init) on its own leaves the moments on
+  ONE device (they do not depend on the params' values, so nothing propagates their sharding)."""
+  pdef = jax.tree.structure(params)
+  psh = jax.tree.map(lambda x: x.sharding, params)
+  like = lambda x: jax.tree.structure(x) == pdef
+  rep = NamedSharding(mesh, PS())
+  return jax.tree.map(lambda x: psh if like(x) else rep, jax.eval_shape(tx.init, params), is_leaf=like)
+
+
 def left_pad(seqs, length, pad_id):
   """list of token lists -> (int32 [P,length], bool [P,length]) left-padded."""
   toks = np.full((len(seqs), length), pad_id, np.int32)
@@ -209,19 +221,21 @@ def loss_hparams(lc):
   return {k: jnp.float32(lc[k]) for k in ("clip_low", "clip_high", "kl_coef", "entropy_coef")}
 
 
-def make_update_fn(graphdef, tx, static):
+def make_update_fn(graphdef, tx, static, donate=False):
   """-> jitted update(params, opt_state, mb, hp) with mb arrays [M, micro, ...] (M micro-batches of a minibatch).
 
   mb: prompt, prompt_mask, resp, resp_mask (response mask x keep, f32), old_logp [.., N], adv [.., ] f32,
       optionally ref_logp. hp: loss_hparams. static: loss_static.
   Returns (params, opt_state, metrics); params/opt_state unchanged if the loss or gradient is non-finite.
+  donate: donate the params and opt_state buffers to the outputs (the caller must not use the inputs
+  afterwards); without it every update allocates a second copy of both.
   """
   def loss_fn(params, x, hp, denoms, max_len):
     logp, ent = seq_logprobs(graphdef, params, x)
     return losses.policy_loss(logp, x["old_logp"], x["adv"], x["resp_mask"], max_len=max_len,
                               ref_logp=x.get("ref_logp"), entropy=ent, **static, **hp, **denoms)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
   def update(params, opt_state, mb, hp):
     max_len = mb["resp"].shape[-1]
     m = mb["resp_mask"]
@@ -324,7 +338,7 @@ class Trainer:
                                                                                 c.total_steps))
     static = loss_static(c.loss)
     self.update = _cached(("update", self.graphdef, opt_key, tuple(sorted(static.items()))),
-                          lambda: make_update_fn(self.graphdef, self.tx, static))
+                          lambda: make_update_fn(self.graphdef, self.tx, static, donate=True))
     self.hp = loss_hparams(c.loss)
     graphdef = self.graphdef
     self.logp_fn = _cached(("logp", graphdef), lambda: jax.jit(functools.partial(seq_logprobs, graphdef)))
@@ -343,9 +357,7 @@ class Trainer:
   # ------------------------------------------------------------------------ helpers
   def _init_opt(self, params):
     """Optimizer state on the mesh (moments sharded like params; scalars replicated, as the update returns)."""
-    rep = NamedSharding(self.mesh, PS())
-    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep),
-                        jax.jit(self.tx.init)(params))
+    return jax.jit(self.tx.init, out_shardings=opt_state_shardings(self.tx, params, self.mesh))(params)
 
   def _batch_sharding(self, rows, lead=0):
     """Shard the rows axis over data x fsdp when it divides evenly, else replicate."""

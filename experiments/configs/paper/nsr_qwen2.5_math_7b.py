@@ -1,0 +1,26 @@
+"""Negative-sample reinforcement at paper scale (Zhu et al. 2025, "The Surprising Effectiveness of Negative
+Reinforcement in LLM Reasoning"): Qwen2.5-Math-7B on MATH, 8 samples per prompt, lr 1e-6, PPO clip 0.2,
+token-mean, no KL. --config.algo=psr / w_reinforce / grpo gives the paper's other arms.
+
+  python -m experiments.plan --model experiments/model_configs/qwen2.5-math-7b.json --topology v5p:2x2x2 \
+      --config experiments/configs/paper/nsr_qwen2.5_math_7b.py
+Fits (experiments/plan.py, docs/scaling.md): v5p:2x2x2 and larger with FSDP over all chips.
+"""
+from experiments.configs.paper import scale
+
+
+def get_config():
+  c = scale.base()
+  c.algo = "nsr"
+  c.loss.loss_type = "ppo"
+  c.loss.clip_low = c.loss.clip_high = 0.2
+  c.loss.agg = "token-mean"
+  c.loss.kl_kind, c.loss.kl_coef = "none", 0.0
+  c.rollout.prompts_per_step = 64
+  c.rollout.group_size = 8
+  c.rollout.max_new_tokens = 3072     # + <=1024 prompt tokens = Qwen2.5-Math's 4096-token context
+  c.rollout.temperature = 1.0
+  c.train.minibatches = 4             # 4 updates of 128 samples per step
+  c.train.micro_batch_size = 8        # one sample per chip per accumulation increment on 8 chips
+  c.total_steps = 200
+  return c.lock()
