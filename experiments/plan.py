@@ -29,10 +29,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")   # the host backend stays the CPU; TPUs are only compiled for
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: several planners (and tests) at once
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +47,11 @@ from ml_collections import config_flags
 
 from models import Decoder, DecoderConfig
 from models import sharding
-from models.transformer import param_shapes
+from models.transformer import ATTN_BLOCK, param_shapes
 from rl import trainer
 from sampling import sampler
 
-VERSION = 1   # bump when the planner's programs or formulas change (invalidates the cache)
+VERSION = 2   # bump when the planner's programs or formulas change (invalidates the cache)
 GIB = 1024 ** 3
 
 # Per chip: HBM (GiB), peak dense bf16 FLOP/s, HBM bandwidth (bytes/s); Google Cloud TPU spec sheets.
@@ -146,7 +148,7 @@ def abstract_opt_state(tx, params, mesh):
 
 def batch_sharding(mesh, rows, lead=0):
   """rl.trainer.Trainer._batch_sharding: rows over ("data","fsdp") when they divide evenly, else replicated."""
-  if rows % mesh.devices.size:
+  if rows % (mesh.shape["data"] * mesh.shape["fsdp"]):
     return NamedSharding(mesh, P())
   return NamedSharding(mesh, P(*([None] * lead), ("data", "fsdp")))
 
@@ -188,8 +190,9 @@ def analytic_update(cfg, c, rows, micro, T, n_chips, tensor):
                           cfg.intermediate_size, cfg.num_kv_heads)
   pc = param_counts(cfg)
   passes = 4 if cfg.remat else 3
-  fwd = analytic_forward_flops(cfg, rows, T, T)
-  flops = passes * fwd / n_chips
+  mm = 2 * rows * T * pc["matmul"]
+  attn = analytic_forward_flops(cfg, rows, T, T) - mm
+  flops = (passes * mm + (passes + (T > ATTN_BLOCK)) * attn) / n_chips   # blocked attention: 1 more recompute
   model = 3 * (2 * rows * T * pc["matmul"] + 4 * rows * T * (T / 2) * L * H * Dh)
   cb, pb = _bytes(cfg.dtype), _bytes(cfg.param_dtype)
   M = rows // micro
@@ -258,10 +261,28 @@ def xla_cost(compiled) -> dict:
 
 
 def _compile(fn, args, kwargs=None):
+  """-> (compiled, seconds); a program XLA cannot fit in HBM -> ({args, temp, ..., total, oom}, seconds) with
+  the temporaries XLA asked for (its RESOURCE_EXHAUSTED message) and the arguments from the inputs."""
   t0 = time.perf_counter()
   lowered = fn.lower(*args, **(kwargs or {}))
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    m = re.search(r"temporaries \(([\d.]+)([KMGT])\)", str(e))
+    if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+      raise
+    temp = float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024
+    args_b = sum(_per_chip_bytes(a) for a in jax.tree.leaves(args) if hasattr(a, "shape"))
+    mem = dict(args=args_b, temp=temp, out=0, alias=0, code=0, total=args_b + temp, oom=str(e).splitlines()[0][:300])
+    return mem, time.perf_counter() - t0
   return compiled, time.perf_counter() - t0
+
+
+def _per_chip_bytes(a) -> float:
+  """Bytes of one chip's shard of a ShapeDtypeStruct with a NamedSharding."""
+  sh = getattr(a, "sharding", None)
+  shape = sh.shard_shape(a.shape) if sh is not None else a.shape
+  return math.prod(shape) * jnp.dtype(a.dtype).itemsize
 
 
 def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample", "logp", "update"),
@@ -290,9 +311,10 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
                       logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1))
 
   def finish(name, compiled, secs, est):
-    mem = memory(compiled)
+    mem = memory(compiled) if not isinstance(compiled, dict) else compiled
     r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items()}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
-             compile_s=secs, est=est, roofline=roofline(est, chip), xla_cost=xla_cost(compiled))
+             compile_s=secs, est=est, roofline=roofline(est, chip),
+             xla_cost=xla_cost(compiled) if not isinstance(compiled, dict) else {})
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
     out[name] = r
     if on_phase:

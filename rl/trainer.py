@@ -361,7 +361,7 @@ class Trainer:
 
   def _batch_sharding(self, rows, lead=0):
     """Shard the rows axis over data x fsdp when it divides evenly, else replicate."""
-    if rows % self.mesh.devices.size:
+    if rows % (self.mesh.shape["data"] * self.mesh.shape["fsdp"]):
       return NamedSharding(self.mesh, PS())
     return NamedSharding(self.mesh, PS(*([None] * lead), ("data", "fsdp")))
 
