@@ -288,7 +288,7 @@ def _per_chip_bytes(a) -> float:
 def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample", "logp", "update"),
                 done=None, on_phase=None) -> dict:
   """Compiles each phase for `topology` -> {"setup": ..., phase: result}. done: phase results to skip
-  (from the cache); on_phase(name, result) is called after each compile (the cache writer)."""
+  (from the cache); on_phase(results so far) is called after each compile (the cache writer)."""
   chip = chip_of(topology)
   devices = topology_devices(topology)
   mesh = trainer.make_mesh(c.mesh, devices=devices)
@@ -318,7 +318,7 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
     out[name] = r
     if on_phase:
-      on_phase(name, r)
+      on_phase(out)
 
   if "update" in phases and "update" not in out:
     update, tx, hp = trainer_update_fn(graphdef, c)
@@ -390,6 +390,30 @@ def format_table(res, label="") -> str:
   return "\n".join(lines)
 
 
+def markdown_table(results) -> str:
+  """Cached plan results -> the markdown table of docs/scaling.md (one row per model x config x topology x phase)."""
+  rows = ["| model | config | topology (chips) | mesh d/f/t | phase | HBM GiB/chip (args+temp+out-alias) | fits | "
+          "compile s | est. s | est. tokens/s/chip | MFU | bound |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    s = r["setup"]
+    mesh = "/".join(str(s["mesh"][a]) for a in ("data", "fsdp", "tensor"))
+    st = step_summary(r)
+    for p in ("sample", "logp", "update"):
+      if p not in r:
+        continue
+      x, g = r[p], r[p]["hbm_gib"]
+      hbm = (f"{g['total']:.1f} ({g['args']:.1f}+{g['temp']:.1f}+{g['out']:.1f}-{g['alias']:.1f})"
+             if "oom" not in r[p]["hbm"] else f">{g['total']:.1f} (XLA: temporaries {g['temp']:.1f})")
+      rows.append(f"| {r.get('model', '')[:-5]} | {r.get('label', '')} | {s['topology']} ({s['chips']}) | {mesh} | {p} | "
+                  f"{hbm} | {'yes' if x['fits'] else '**no**'} | {x['compile_s']:.0f} | {x['roofline']['time_s']:.2f} | "
+                  f"{x['tokens_per_s_chip']:.0f} | {x['roofline']['mfu']:.0%} | {x['roofline']['bound']} |")
+    if st:
+      rows.append(f"| | | | | **step** | | {'yes' if st['fits'] else '**no**'} | | {st['step_s']:.1f} | "
+                  f"{st['gen_tokens_per_s_chip']:.0f} generated | {st['mfu']:.0%} | |")
+  return "\n".join(rows)
+
+
 # ============================================================================ CLI with a cache
 
 def cache_key(hf: dict, topology: str, c, prompt_len: int) -> str:
@@ -409,12 +433,10 @@ def plan_cached(model_path, topology, c, *, prompt_len, cache_dir, phases, label
     with open(path) as f:
       done = {k: v for k, v in json.load(f).items() if k in ("sample", "logp", "update")}
 
-  def save(phase, r):
+  def save(res):
     os.makedirs(cache_dir, exist_ok=True)
-    cur = dict(done, **{phase: r})
-    done.update(cur)
     with open(path + ".tmp", "w") as f:
-      json.dump(dict(cur, model=os.path.basename(model_path), label=label), f, indent=1, default=float)
+      json.dump(dict(res, model=os.path.basename(model_path), label=label), f, indent=1, default=float)
     os.replace(path + ".tmp", path)
 
   res = plan_phases(hf, topology, c, prompt_len=prompt_len, phases=phases, done=done, on_phase=save)
@@ -432,11 +454,20 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens (left-padde
 _PHASES = flags.DEFINE_list("phases", ["sample", "logp", "update"], "phases to compile")
 _CACHE = flags.DEFINE_string("cache_dir", "runs/plan_cache", "JSON cache of finished phases")
 _JSON = flags.DEFINE_string("json", "", "also write the result here")
+_TABLE = flags.DEFINE_string("table", "", "print the markdown table of the cached results in this directory, compile nothing")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _TABLE.value:
+    results = []
+    for name in sorted(os.listdir(_TABLE.value)):
+      if name.endswith(".json"):
+        with open(os.path.join(_TABLE.value, name)) as f:
+          results.append(json.load(f))
+    print(markdown_table([r for r in results if "setup" in r]))
+    return
   from experiments.configs import common
   c = _CONFIG.value
   try:
