@@ -90,15 +90,18 @@ def test_tiny_update_and_sampler_memory_on_v5e_2x2(tmp_path):
   u = res["update"]["hbm"]
   slack = 64 * 1024                                    # the 1-D/2-row norm tensors are padded to tiles
   assert params + opt + batch <= u["args"] <= params + opt + batch + slack
-  assert params + opt <= u["alias"] <= params + opt + slack   # params and optimizer state donated
-  assert u["out"] - u["alias"] < 1024                          # ... so the outputs add only the metrics
+  # every matrix and its two moments donated (XLA leaves a few small replicated norm buffers unaliased)
+  assert 3 * 4 * (matrices // 4) <= u["alias"] <= params + opt
+  assert u["out"] - u["alias"] < slack                 # ... so the outputs add only those and the metrics
   assert res["update"]["fits"] and u["total"] < 16 * 2 ** 30
 
   s = res["sample"]["hbm"]
   assert params <= s["args"] <= params + slack + 64 * 1024     # params + prompts, keys, masks
-  # response caches in the compute dtype (bf16) on the TPU: L x (K, V) x [B/4 rows, K, Dh, N] per chip
+  # response caches in the compute dtype (bf16) on the TPU: L x (K, V) x [B/4 rows, K, Dh, N] per chip;
+  # XLA reports ~0 temporaries for the while loop, so the planner's figure is its analytic live set
   resp_cache = L * 2 * (4 * 8 // 4) * 8 * 128 * 128 * 2
-  assert s["temp"] >= resp_cache
+  bf16_weights = 2 * (matrices + norms)
+  assert s["temp"] >= resp_cache + bf16_weights and s["total"] >= params + s["temp"]
   assert res["sample"]["est"]["shapes"] == dict(P=4, L=128, N=128, B=32)
   table = plan.format_table(res, label="tiny")
   assert "v5e:2x2: 4 chips v5e" in table and "update" in table and "sample" in table
