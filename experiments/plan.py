@@ -357,6 +357,38 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
   return out
 
 
+def analytic_plan(hf: dict, topology: str, c, *, prompt_len: int) -> dict:
+  """The analytic estimates of plan_phases without compiling (no HBM figures): needs no libtpu."""
+  chip = chip_of(topology)
+  n = math.prod(int(x) for x in topology.split(":")[1].split("x"))
+  mc = c.mesh
+  sizes = [mc.data, mc.fsdp, mc.tensor]
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = n // math.prod(x for x in sizes if x != -1)
+  data, fsdp, tensor = sizes
+  cfg = dataclasses.replace(trainer_model_config(hf, c.model), cache_dtype="")
+  cfg = dataclasses.replace(cfg, cache_dtype=cfg.dtype)
+  rows = c.rollout.prompts_per_step * c.rollout.group_size
+  mb_rows = rows // c.train.minibatches
+  micro = c.train.micro_batch_size or mb_rows
+  N = c.rollout.max_new_tokens
+  T = prompt_len + N - 1
+  Pb = -(-sampler.bucket(c.rollout.prompts_per_step, 1) // (data * fsdp)) * (data * fsdp)
+  shapes = dict(P=Pb, L=sampler.bucket(prompt_len, 16), N=sampler.bucket(N, 16), B=Pb * c.rollout.group_size)
+  use_ref = c.loss.kl_kind != "none"
+  out = dict(setup=dict(topology=topology, chips=n, mesh=dict(data=data, fsdp=fsdp, tensor=tensor), chip=chip,
+                        params=param_counts(cfg)["total"], dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        remat=cfg.remat, rows=rows, minibatch_rows=mb_rows, micro=micro, prompt_len=prompt_len,
+                        max_new_tokens=N, updates_per_step=c.train.ppo_epochs * c.train.minibatches,
+                        logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1)))
+  for name, est in (("sample", analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype))),
+                    ("logp", analytic_logp(cfg, micro, T, n, tensor)),
+                    ("update", analytic_update(cfg, c, mb_rows, micro, T, n, tensor))):
+    rf = roofline(est, chip)
+    out[name] = dict(est=est, roofline=rf, tokens_per_s_chip=est["tokens"] / rf["time_s"] / n, fits=None)
+  return out
+
+
 def step_summary(res) -> dict:
   """Per-step estimate from the phases: time, generated tokens/s per chip, MFU, fits everywhere."""
   s = res["setup"]
@@ -370,7 +402,8 @@ def step_summary(res) -> dict:
            + s["updates_per_step"] * res["update"]["est"]["model_flops"])
   return dict(step_s=t, parts_s=parts, gen_tokens_per_s_chip=s["rows"] * s["max_new_tokens"] / t / s["chips"],
               mfu=model / (t * s["chip"]["peak_flops"]),
-              fits=all(res[p]["fits"] for p in ("sample", "logp", "update")))
+              fits=all(res[p]["fits"] for p in ("sample", "logp", "update"))
+              if all(res[p]["fits"] is not None for p in ("sample", "logp", "update")) else None)
 
 
 def format_table(res, label="") -> str:
