@@ -4,7 +4,8 @@ token-mean, no KL. --config.algo=psr / w_reinforce / grpo gives the paper's othe
 
   python -m experiments.plan --model experiments/model_configs/qwen2.5-math-7b.json --topology v5p:2x2x2 \
       --config experiments/configs/paper/nsr_qwen2.5_math_7b.py
-Fits (experiments/plan.py, docs/scaling.md): v5p:2x2x2 and larger with FSDP over all chips.
+Memory (analytic, docs/scaling.md): fits v5p:2x2x2 with FSDP over all chips; on v6e:2x4 the sampler (512 rows
+x 3.6k tokens of KV + gathered bf16 weights) is at the 32 GiB limit; not on v5e (16 GiB).
 """
 from experiments.configs.paper import scale
 
