@@ -314,8 +314,8 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
   def finish(name, compiled, secs, est):
     mem = memory(compiled) if not isinstance(compiled, dict) else compiled
     if est.get("temp_bytes", 0) > mem["temp"]:
-      # XLA:TPU's memory_analysis() reports ~0 temporaries for the sampler's while loop (its KV-cache carry
-      # is not counted): use the analytic live set instead and keep XLA's figure for reference.
+      # XLA:TPU's memory_analysis() reported 0 temporaries for a small sampler program (its KV-cache carry
+      # uncounted) though it counts them at scale: take the analytic live set when larger, keep XLA's figure.
       mem = dict(mem, xla_temp=mem["temp"], temp=est["temp_bytes"])
       mem["total"] = mem["args"] + mem["out"] - mem["alias"] + mem["temp"] + mem["code"]
     r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items()}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
