@@ -1,6 +1,8 @@
 """experiments/plan.py: analytic FLOPs vs XLA's own count on loop-free programs, the flash attention's pair count
 against a NumPy count of its visited blocks, and the memory of the tiny model's update and sampler programs
 compiled for a TPU v5e:2x2 (4 chips) against a hand count (skipped without libtpu)."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,9 @@ from experiments import plan
 from experiments.configs import tiny
 from models import sharding
 from models import transformer as tr
+from rl import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**model):
@@ -119,3 +124,24 @@ def test_flash_attention_pairs_count_the_visited_blocks():
     assert plan.attention_pairs(T) == dict(pairs=int((kb <= qb).sum()), flash=True)
   assert abs(plan.attention_pairs(T)["pairs"] / (T * T / 2) - 1) < 0.05   # long T: ~ half the plain T x T
   assert plan.attention_pairs(tr._FLASH_MIN_T - 1) == dict(pairs=(tr._FLASH_MIN_T - 1) ** 2, flash=False)
+
+
+@pytest.mark.parametrize("name", ["dash_qwen2.5_math_1.5b", "nsr_qwen2.5_math_7b", "prorl_qwen2.5_math_1.5b"])
+def test_paper_configs_validate(name):
+  c = config.from_file(os.path.join(ROOT, "experiments", "configs", "paper", f"{name}.py"))
+  config.validate(c)
+  assert (c.model.dtype, c.model.param_dtype, c.model.remat) == ("bfloat16", "float32", True)
+  assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
+
+
+def test_scale_config_keys_are_checked():
+  c = config.base()
+  assert (c.model.param_dtype, c.model.remat, c.mesh.tensor) == ("", False, 1)
+  for key, bad in (("model.param_dtype", "float64"), ("mesh.tensor", 0), ("mesh.tensor", -1)):
+    section, name = key.split(".")
+    old = c[section][name]
+    c[section][name] = bad
+    with pytest.raises(ValueError, match=f"config.{key}="):
+      config.validate(c)
+    c[section][name] = old
+  config.validate(c)
