@@ -316,6 +316,7 @@ def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes):
   temp = w_bytes + B * V * 4 * 3 / n_chips
   return dict(flops=pre_flops + dec_flops, bytes=pre_bytes + dec_bytes, model_flops=model / n_chips,
               last_step_flops=(2 * B * pc["matmul"] + 4 * B * (Lb + slots[-1]) * L * H * Dh) / n_chips,
+              last_step_bytes=w_bytes + ((Pn * Lb + B * slots[-1]) * kv_slot + B * V * 12) / n_chips,
               tokens=B * Nb, temp_bytes=temp)
 
 
