@@ -32,7 +32,6 @@ recomputes the block probabilities (7 block matmuls against the plain backward's
 MFU = model FLOPs (6 x params x tokens + causal attention, no remat) / (time x peak).
 """
 import dataclasses
-import functools
 import hashlib
 import json
 import math
