@@ -95,7 +95,12 @@ def shard_model(model: Decoder, mesh: Mesh) -> Decoder:
   return model
 
 
+def batch_sharding(shape, mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """The sharding `shard_batch` gives an array of this shape (experiments/plan.py builds abstract batches)."""
+  return NamedSharding(mesh, _fit(P(*([None] * axis), BATCH), shape, mesh))
+
+
 def shard_batch(x, mesh: Mesh, axis: int = 0):
   """Puts an array on the mesh with dimension `axis` (the batch) split over ("data","fsdp") where they divide it
   (replicated otherwise)."""
-  return jax.device_put(x, NamedSharding(mesh, _fit(P(*([None] * axis), BATCH), x.shape, mesh)))
+  return jax.device_put(x, batch_sharding(x.shape, mesh, axis))

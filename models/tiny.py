@@ -68,8 +68,9 @@ def random_decoder(cfg: DecoderConfig, seed: int) -> Decoder:
 
 
 def tiny_llama(*, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-               dtype="float32", seed=0) -> tuple[Decoder, CharTokenizer]:
-  """A random Llama over the `CharTokenizer` vocabulary -> (Decoder, CharTokenizer)."""
+               dtype="float32", param_dtype=None, remat=False, seed=0) -> tuple[Decoder, CharTokenizer]:
+  """A random Llama over the `CharTokenizer` vocabulary -> (Decoder, CharTokenizer).
+  param_dtype: None = dtype; remat: rematerialise each layer in the backward pass (DecoderConfig)."""
   tok = CharTokenizer()
   hf = dict(   # the fields of a transformers LlamaConfig / config.json (no transformers import needed)
       model_type="llama", vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -77,4 +78,5 @@ def tiny_llama(*, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, int
       max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu",
       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
       tie_word_embeddings=False)
-  return random_decoder(DecoderConfig.from_hf(hf, dtype=dtype), seed), tok
+  cfg = DecoderConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  return random_decoder(cfg, seed), tok

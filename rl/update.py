@@ -14,6 +14,7 @@ log-probs, for the mismatch correction), plus old_logp f32 [N,T] and optionally 
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
 """
+import functools
 import time
 
 import jax
@@ -44,11 +45,21 @@ def make_optimizer(oc, updates_per_step, total_steps):
   return tx, sched
 
 
-def init_opt(tx, params, mesh):
-  """Optimizer state on the mesh (moments sharded like params; scalars replicated, as the update returns)."""
+def opt_state_shardings(tx, params, mesh):
+  """-> shardings of tx.init(params): every sub-tree shaped like `params` (AdamW's mu and nu) is sharded like
+  the params, the rest (step counts) replicated. Needed because jit(tx.init) on its own leaves the moments on
+  ONE device (they do not depend on the params' values, so nothing propagates their sharding).
+  params may be arrays or jax.ShapeDtypeStructs with shardings (experiments/plan.py)."""
+  pdef = jax.tree.structure(params)
+  psh = jax.tree.map(lambda x: x.sharding, params)
+  like = lambda x: jax.tree.structure(x) == pdef
   rep = NamedSharding(mesh, PS())
-  return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep),
-                      jax.jit(tx.init)(params))
+  return jax.tree.map(lambda x: psh if like(x) else rep, jax.eval_shape(tx.init, params), is_leaf=like)
+
+
+def init_opt(tx, params, mesh):
+  """Optimizer state on the mesh: moments sharded like params, scalars replicated (as the update returns)."""
+  return jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
 
 
 def put(tree, mesh, axis=0):
@@ -137,7 +148,7 @@ def all_finite(tree):
   return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
-def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0)):
+def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
   """-> jitted update(params, opt_state, mb, hp) with mb arrays [M, micro, ...] (M micro-batches of a minibatch).
 
   mb: the `arrays` of the module docstring (old_logp required, ref_logp optional). hp: loss_hparams.
@@ -145,6 +156,8 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0)):
   Returns (params, opt_state, metrics). The update is not applied (params/opt_state returned unchanged,
   metrics skipped=1) unless the loss, the gradient, the update (its global norm: lr=1e30 overflows it) and
   every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
+  donate: donate the params and opt_state buffers to the outputs (the caller must not use the inputs
+  afterwards: pass copies to keep them); without it every update allocates a second copy of both.
   """
   def loss_fn(params, x, hp, denoms, max_len):
     logp, ent = seq_logprobs(graphdef, params, x, sampling)
@@ -152,7 +165,7 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0)):
     return losses.policy_loss(logp, x["old_logp"], x["adv"], m, max_len=max_len, ref_logp=x.get("ref_logp"),
                               entropy=ent, sampler_logp=x["logprobs"], **static, **hp, **denoms)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
   def update(params, opt_state, mb, hp):
     max_len = mb["tokens"].shape[-1]
     m = mb["mask"] & mb["keep"][..., None]

@@ -137,7 +137,8 @@ def test_non_finite_loss_skips_the_update(tiny_trainer):
   arrays = _arrays(t, seed=1)
   arrays["adv"] = np.full(len(arrays["adv"]), np.nan, np.float32)
   mb = {k: v[None] for k, v in arrays.items()}
-  p, o, m = t.update(t.state["params"], t.state["opt_state"], update.put(mb, t.mesh, axis=1), t.hp)
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)   # the trainer's update donates its params/opt_state inputs
+  p, o, m = t.update(copy(t.state["params"]), copy(t.state["opt_state"]), update.put(mb, t.mesh, axis=1), t.hp)
   assert float(m["skipped"]) == 1.0
   same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p, t.state["params"])
   assert all(jax.tree.leaves(same))

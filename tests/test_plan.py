@@ -1,0 +1,147 @@
+"""experiments/plan.py: analytic FLOPs vs XLA's own count on loop-free programs, the flash attention's pair count
+against a NumPy count of its visited blocks, and the memory of the tiny model's update and sampler programs
+compiled for a TPU v5e:2x2 (4 chips) against a hand count (skipped without libtpu)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import plan
+from experiments.configs import tiny
+from models import sharding
+from models import transformer as tr
+from rl import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**model):
+  c = tiny.get_config()
+  with c.unlocked():
+    for k, v in model.items():
+      c.model[k] = v
+  return c
+
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_analytic_flops_match_xla_on_loop_free_programs(flash, monkeypatch):
+  """One layer, one micro-batch, one log-prob chunk: every loop runs once, so cost_analysis() is exact.
+  flash: the flash attention with ONE block (T <= _FLASH_BLOCK), so its forward and its recomputing
+  backward are counted in full too (the block count of longer sequences is `attention_pairs`)."""
+  if flash:
+    monkeypatch.setattr(tr, "_FLASH_MIN_T", 16)
+    monkeypatch.setattr(tr, "_FLASH_BLOCK", 128)
+  hf = dict(model_type="llama", vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False)
+  c = _config(remat=True)
+  mesh = sharding.make_mesh(data=1, fsdp=1, devices=jax.devices()[:1])
+  cfg = plan.trainer_model_config(hf, c.model)
+  graphdef, params = plan.abstract_params(cfg, mesh)
+  B, Lp, N = 4, 32, 64
+  T = Lp + N - 1
+  assert plan.attention_pairs(T) == dict(pairs=T * T, flash=flash)
+  sds = jax.ShapeDtypeStruct
+  b = dict(prompt=sds((B, Lp), jnp.int32), prompt_mask=sds((B, Lp), bool), tokens=sds((B, N), jnp.int32),
+           mask=sds((B, N), bool))
+  xla = plan.xla_cost(plan.trainer_logp_fn(graphdef, c).lower(params, b).compile())
+  assert xla["flops"] == pytest.approx(plan.analytic_logp(cfg, B, T, 1, 1)["flops"], rel=0.05)
+  update, tx, hp = plan.trainer_update_fn(graphdef, c)
+  mb = {k: sds((1, *v.shape), v.dtype) for k, v in b.items()}
+  mb.update(old_logp=sds((1, B, N), jnp.float32), logprobs=sds((1, B, N), jnp.float32), adv=sds((1, B), jnp.float32),
+            keep=sds((1, B), bool))
+  lowered = update.lower(params, plan.abstract_opt_state(tx, params, mesh), mb, {k: sds((), jnp.float32) for k in hp})
+  xla = plan.xla_cost(lowered.compile())
+  # matmuls: forward + remat forward + backward = 4 forwards (XLA skips a little of the recompute: within 10%);
+  # attention: 2 forwards + a backward of 2 (plain) or 3.5 (flash) forwards
+  assert xla["flops"] == pytest.approx(plan.analytic_update(cfg, c, B, B, T, 1, 1)["flops"], rel=0.10)
+
+
+def _tile_friendly_hf():
+  """A 2-layer model whose per-chip shards on fsdp=4 are whole TPU tiles (8 x 128 f32), so the compiled
+  argument sizes are the plain byte counts."""
+  return dict(model_type="llama", vocab_size=256, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+              num_attention_heads=8, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+              tie_word_embeddings=False)
+
+
+def test_tiny_update_and_sampler_memory_on_v5e_2x2(tmp_path):
+  pytest.importorskip("libtpu", reason="libtpu not installed (pip install 'libtpu==0.0.42.*', the version "
+                                       "jax[tpu]==0.10.2 pins): cannot compile for TPU topologies")
+  c = _config(dtype="bfloat16", param_dtype="float32", remat=True)
+  with c.unlocked():
+    c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens = 4, 8, 128
+    c.train.micro_batch_size = 32   # one micro-batch: [1, 8 rows per chip, ...] is whole tiles
+    c.mesh.data, c.mesh.fsdp = 1, -1
+  prompt_len = 128
+  res = plan.plan_phases(_tile_friendly_hf(), "v5e:2x2", c, prompt_len=prompt_len, phases=("update", "sample"))
+  assert res["setup"]["chips"] == 4 and res["setup"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+
+  # hand count: L=2, D=512, H=K=8, Dh=128, F=1024, V=256; every matrix split 4 ways over fsdp, norms replicated
+  L, D, F, V, HD = 2, 512, 1024, 256, 8 * 128
+  matrices = 2 * V * D + L * (4 * D * HD + 3 * D * F)
+  norms = D + 2 * L * D
+  params = 4 * (matrices // 4 + norms)                 # f32 bytes per chip
+  opt = 2 * params + 4                                 # AdamW mu, nu (f32) + step count (int32)
+  rows = 4 * 8 // 4                                    # 32 rows, batch-sharded over 4 chips
+  # prompt + prompt_mask, tokens + mask + logprobs + old_logp, keep + adv
+  batch = rows * (prompt_len * (4 + 1) + 128 * (4 + 1 + 4 + 4) + 1 + 4)
+  u = res["update"]["hbm"]
+  slack = 64 * 1024                                    # the 1-D/2-row norm tensors are padded to tiles
+  assert params + opt + batch <= u["args"] <= params + opt + batch + slack
+  # every matrix and its two moments donated (XLA leaves a few small replicated norm buffers unaliased)
+  assert 3 * 4 * (matrices // 4) <= u["alias"] <= params + opt
+  assert u["out"] - u["alias"] < slack                 # ... so the outputs add only those and the metrics
+  assert res["update"]["fits"] and u["total"] < 16 * 2 ** 30
+
+  # the sample phase's figure is its largest decode chunk (sampler._chunk_core over all 32 rows, the full
+  # 128-slot response cache); its arguments: the f32 params (resident, kept), the `shared` state the prefill
+  # built (per-layer bf16 matrices and the bf16 lm head, sharded like the params; f32 norms), the bf16 prompt
+  # KV (1 prompt per chip, 127 slots) and the bf16 response caches (8 rows per chip), donated
+  s = res["sample"]["hbm"]
+  resp_cache = L * 2 * (4 * 8 // 4) * 8 * 128 * 128 * 2
+  shared = 2 * (L * (4 * D * HD + 3 * D * F) + D * V) // 4 + 4 * 2 * L * D
+  prompt_kv = L * 2 * 1 * 8 * 127 * 128 * 2
+  assert params + shared + prompt_kv + resp_cache <= s["args"] <= params + shared + prompt_kv + resp_cache + slack
+  assert resp_cache <= s["alias"] <= resp_cache + slack        # the response cache is donated chunk to chunk
+  # XLA reports ~0 temporaries for the while loop, so the planner's figure is its analytic live set
+  bf16_weights = 2 * (matrices + norms)
+  assert s["temp"] >= bf16_weights and s["total"] >= s["args"] - s["alias"] + s["temp"]
+  progs = res["sample"]["est"]["programs_hbm_gib"]
+  assert set(progs) == {"prefill", "chunk"} and progs["chunk"] >= progs["prefill"]
+  assert res["sample"]["est"]["shapes"] == dict(P=4, L=128, N=128, B=32, C=128)
+  table = plan.format_table(res, label="tiny")
+  assert "v5e:2x2: 4 chips v5e" in table and "update" in table and "sample" in table
+
+
+def test_flash_attention_pairs_count_the_visited_blocks():
+  """attention_pairs at the real block size: the (query, key) pairs of blocks j <= i, counted in NumPy."""
+  c = tr._FLASH_BLOCK
+  for T in (tr._FLASH_MIN_T, tr._FLASH_MIN_T + 1, 8192 + 511):
+    n = -(-T // c)
+    qb, kb = np.meshgrid(np.arange(n * c) // c, np.arange(n * c) // c, indexing="ij")
+    assert plan.attention_pairs(T) == dict(pairs=int((kb <= qb).sum()), flash=True)
+  assert abs(plan.attention_pairs(T)["pairs"] / (T * T / 2) - 1) < 0.05   # long T: ~ half the plain T x T
+  assert plan.attention_pairs(tr._FLASH_MIN_T - 1) == dict(pairs=(tr._FLASH_MIN_T - 1) ** 2, flash=False)
+
+
+@pytest.mark.parametrize("name", ["dash_qwen2.5_math_1.5b", "nsr_qwen2.5_math_7b", "prorl_qwen2.5_math_1.5b"])
+def test_paper_configs_validate(name):
+  c = config.from_file(os.path.join(ROOT, "experiments", "configs", "paper", f"{name}.py"))
+  config.validate(c)
+  assert (c.model.dtype, c.model.param_dtype, c.model.remat) == ("bfloat16", "float32", True)
+  assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
+
+
+def test_scale_config_keys_are_checked():
+  c = config.base()
+  assert (c.model.param_dtype, c.model.remat, c.mesh.tensor) == ("", False, 1)
+  for key, bad in (("model.param_dtype", "float64"), ("mesh.tensor", 0), ("mesh.tensor", -1)):
+    section, name = key.split(".")
+    old = c[section][name]
+    c[section][name] = bad
+    with pytest.raises(ValueError, match=f"config.{key}="):
+      config.validate(c)
+    c[section][name] = old
+  config.validate(c)
