@@ -66,7 +66,10 @@ def build_model(mc, seed):
                              num_kv_heads=mc.num_kv_heads, intermediate_size=mc.intermediate_size, dtype=mc.dtype,
                              param_dtype=mc.param_dtype or None, remat=mc.remat, seed=seed)
   path = mc.path or (models.smollm2_gguf_path() if mc.source == "gguf" else "")
-  if not path or not os.path.exists(path):
+  if not path:
+    raise FileNotFoundError("config.model.path is empty (a local directory / GGUF file or a Hub repo id 'org/name')")
+  path = models.resolve_path(path)   # a Hub repo id -> its snapshot in the local Hub cache (one-line error if absent)
+  if not os.path.exists(path):
     raise FileNotFoundError(f"config.model.path={path!r} does not exist")
   model, tok = models.load_pretrained(path, dtype=mc.dtype, param_dtype=mc.param_dtype or None, remat=mc.remat)
   if tok is None:
