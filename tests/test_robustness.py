@@ -226,15 +226,6 @@ def test_every_numeric_key_has_a_range():
 
 # ---------------------------------------------------------------------------- exit codes, one line (subprocess)
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  e.pop("XLA_FLAGS", None)
-  return e
-
-
 def run(args, env):
   return subprocess.run(RUN + args, env=env, capture_output=True, text=True, timeout=300)
 

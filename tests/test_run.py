@@ -15,16 +15,6 @@ TINY = ["--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), "--
         "--config.checkpoint_every=2", "--config.eval_at_start=False", "--config.eval.n_samples=4"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           # later processes load the executables compiled by the first one
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  e.pop("XLA_FLAGS", None)
-  return e
-
-
 def run(args, env, **kw):
   return subprocess.run(RUN + args, env=env, capture_output=True, text=True, timeout=300, **kw)
 
