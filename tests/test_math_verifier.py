@@ -157,13 +157,14 @@ def test_last_boxed_is_linear_and_inside_the_pool_limit():
     from rl.data import Problem
     t0 = time.monotonic()
     assert ex.last_boxed("\\boxed{" * 8000) is None
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 4.0   # ~0.01 s linear; 16 s quadratic (margin for a loaded CI machine)
     big = "\\boxed{" * 100_000  # 700 kB
     task = tasks.make("math_sample")
     pool.score_batch(task.score, ["1"], [Problem("p", "q", "1", None, {})])  # workers started before timing
     t0 = time.monotonic()
     out = pool.score_batch(task.score, [big, "\\boxed{3}"], [Problem("p", "q", "3", None, {})] * 2, timeout=3.0)
-    assert [s.correct for s in out] == [False, True] and time.monotonic() - t0 < 3.5
+    # the item is cut at the pool's 3 s limit; the margin absorbs worker restart on a loaded machine
+    assert [s.correct for s in out] == [False, True] and time.monotonic() - t0 < 6.0
 
 
 def test_labelled_corpus_targets():
