@@ -11,7 +11,8 @@ sympy); pathological ones, spread at random, are split evenly over:
   program   a code item whose program prints without end (sandbox: output limit, wall-clock limit)
 Checks: every item scored exactly once (each call logs its item id on entry to a per-run file; ordinary
 items must come back with their own answer), the verdicts (ordinary items correct, pathological ones
-incorrect), no worker process and no temporary directory left after the pool is shut down. Prints items/s,
+incorrect), no process left after the pool is shut down (no worker that ever took an item, nothing in its
+process group, no sandboxed program) and no temporary directory of this run. Prints items/s,
 worker restarts, and the checks. Not a test: it runs for minutes.
 """
 import argparse
@@ -26,12 +27,16 @@ from rl import tasks
 from rl.data import Problem
 from rl.rewards import Score, code, pool
 
+PROGRAM_NAME = "rlbenchprog"  # the pathological program renames itself so that a leaked one can be found
+PROGRAM = ("```python\nimport ctypes\nctypes.CDLL(None).prctl(15, b'%s', 0, 0, 0)\n"
+           "while True:\n    print('x' * 65536)\n```" % PROGRAM_NAME)
+
 
 def bench_scorer(completion: str, problem: Problem, *, log: str) -> Score:
     """The load test's scorer (module-level so workers import it): logs the item, then dispatches on its kind."""
     kind = problem.meta["kind"]
     with open(log, "a") as f:
-        f.write(f"{problem.id}\n")
+        f.write(f"{problem.id} {os.getpid()}\n")  # the item, and the worker (its process group) that took it
     if kind == "hang":
         time.sleep(30)
     elif kind == "crash":
@@ -54,7 +59,7 @@ def _items(n: int, bad: float, seed: int):
     for i in range(n):
         if i in bad_idx:
             kind = rng.choice(kinds)
-            comp = "```python\nwhile True:\n    print('x' * 65536)\n```" if kind == "program" else "\\boxed{1}"
+            comp = PROGRAM if kind == "program" else "\\boxed{1}"
             comps.append(comp)
             probs.append(Problem(f"item{i}", "q", "1", None, {"kind": kind}))
             continue
@@ -74,12 +79,20 @@ def _items(n: int, bad: float, seed: int):
     return comps, probs
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+def _procs() -> list:
+    """(pid, comm, pgid) of every live (non-zombie) process on the machine."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if rest[0] != "Z":
+                out.append((int(pid), comm, int(rest[2])))
+    return out
 
 
 def main():
@@ -110,7 +123,9 @@ def main():
 
     kinds = collections.Counter(pr.meta["kind"] for pr in probs)
     with open(log) as f:
-        calls = collections.Counter(line.strip() for line in f if line.strip())
+        entries = [line.split() for line in f if line.strip()]
+    calls = collections.Counter(e[0] for e in entries)
+    worker_pids = {int(e[1]) for e in entries}
     os.unlink(log)
     once = all(calls[pr.id] == 1 for pr in probs) and sum(calls.values()) == len(probs)
     ok_items = [(s, pr) for s, pr in zip(out, probs) if pr.meta["kind"] == "ok"]
@@ -119,14 +134,17 @@ def main():
     bad_incorrect = all(not s.correct for s, pr in zip(out, probs) if pr.meta["kind"] != "ok")
     tmp_after = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(mine)}
     leaked_dirs = sorted(tmp_after - tmp_before)
-    leaked_workers = [q for q in pids if _alive(q)]
+    # every worker that ever took an item, everything in its process group, every sandboxed program
+    leaked_workers = [(q, comm) for q, comm, pgid in _procs()
+                      if q in worker_pids or q in pids or pgid in worker_pids or comm == PROGRAM_NAME]
     print(f"items: {a.n} ({dict(kinds)}), workers: {a.workers}, per-item limit: {a.timeout} s")
     print(f"time: {secs:.1f} s, {a.n / secs:.0f} items/s; worker restarts: {restarts}; malformed returns: "
           f"{bad_results}")
     print(f"scored exactly once: {once} (calls logged: {sum(calls.values())}, results: {len(out)}); "
           f"ordinary items correct: {ordinary_right}/{len(ok_items)}; pathological all incorrect: {bad_incorrect}; "
           f"answers returned to their own items: {own_answer}")
-    print(f"leaked after shutdown: workers {leaked_workers}, temp dirs {leaked_dirs}")
+    print(f"leaked after shutdown (of {len(worker_pids | set(pids))} workers and the programs they ran): "
+          f"processes {leaked_workers}, temp dirs {leaked_dirs}")
     if not (once and bad_incorrect and own_answer and ordinary_right == len(ok_items) and not leaked_dirs
             and not leaked_workers):
         raise SystemExit("load test: a check failed (see above)")

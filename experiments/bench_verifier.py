@@ -1,10 +1,12 @@
 """Our math verifier vs math-verify against labels: agreement, disagreements, ms per call (mean, p99, max).
 
     python -m experiments.bench_verifier                                      # rl/rewards/math_cases.py pairs
-    python -m experiments.bench_verifier --cases rl/data/verifier_corpus.jsonl  # the labelled corpus
+    python -m experiments.bench_verifier --cases rl/data/verifier_corpus_smollm2.jsonl  # the labelled corpus
 
---cases FILE: JSONL rows {"completion", "gold", "label", "class"?, "source"?, "id"?} (the corpus written by
-experiments/make_verifier_corpus.py); each verifier scores the whole completion (its own extraction).
+--cases FILE [FILE ...]: JSONL rows {"completion", "gold", "label", "class"?, "source"?, "id"?, "extract"?}
+(the corpora written by experiments/make_verifier_corpus.py); each verifier scores the whole completion with
+its own extraction: ours with the row's "extract" mode (the mode of the task the row comes from; default
+"strict"), or the mode `--extract` names for every row.
 Without --cases: the answer pairs of rl/rewards/math_cases.py (ours on the pair, math-verify on both
 strings wrapped in \\boxed{}).
 Both verifiers run behind the same scoring pool with the same per-call limit (`--timeout`), so the times
@@ -14,6 +16,7 @@ killed at the limit) is not timed. "ordinary" rows are all but the adversarial c
 import argparse
 import collections
 import json
+import os
 import time
 
 import numpy as np
@@ -25,7 +28,7 @@ from rl.rewards import pool
 CLASSES_NO_FALSE_POSITIVE = ("mixed", "percent", "chain")  # issue 16 target
 
 
-def _load(path):
+def _load(path, extract):
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -39,7 +42,8 @@ def _load(path):
                 raise SystemExit(f"{path}:{lineno}: a row needs 'completion', 'gold' and 'label'")
             rows.append({"id": r.get("id", f"{path}:{lineno}"), "cls": r.get("class", "?"),
                          "source": r.get("source", "?"), "text": r["completion"], "gold": r["gold"],
-                         "label": bool(r["label"]), "whole": True})
+                         "label": bool(r["label"]), "whole": True,
+                         "extract": extract or r.get("extract", "strict")})
     return rows
 
 
@@ -51,7 +55,7 @@ def _case_rows():
 
 def _ours(r, timeout):
     if r["whole"]:
-        return rmath.score(r["text"], r["gold"], timeout=timeout).correct
+        return rmath.score(r["text"], r["gold"], extract=r["extract"], timeout=timeout).correct
     return rmath.is_equiv(r["text"], r["gold"], timeout=timeout)
 
 
@@ -68,12 +72,18 @@ def _stats(ms):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", default=None, help="labelled JSONL corpus (default: rl/rewards/math_cases.py)")
+    ap.add_argument("--cases", nargs="+", default=None,
+                    help="labelled JSONL corpora (default: rl/rewards/math_cases.py)")
+    ap.add_argument("--extract", default=None, choices=["strict", "auto", "boxed", "answer_tag", "last_number"],
+                    help="our extraction mode for every row (default: each row's \"extract\", else strict)")
     ap.add_argument("--timeout", type=float, default=1.0, help="per-call limit in seconds (both verifiers)")
     a = ap.parse_args()
     if not mvb.available():
         raise SystemExit("math-verify is not installed: pip install math-verify")
-    rows = _load(a.cases) if a.cases else _case_rows()
+    for path in a.cases or []:
+        if not os.path.exists(path):
+            raise SystemExit(f"--cases: {path} not found")
+    rows = [r for path in a.cases for r in _load(path, a.extract)] if a.cases else _case_rows()
     rmath.is_equiv("1", "\\frac{2}{2}")  # start the workers outside the timings
     mvb.is_equiv("1", "1", timeout=10.0)
     w = pool.get_pool(1)
@@ -90,7 +100,8 @@ def main():
     restarts = w.restarts
     n = len(rows)
     ordinary = [r for r in rows if r["cls"] != "adversarial" and r["source"] != "adversarial"]
-    print(f"rows: {n} ({a.cases or 'rl/rewards/math_cases.py'}); sources: "
+    print(f"rows: {n} ({' '.join(a.cases or ['rl/rewards/math_cases.py'])}); our extraction: "
+          f"{a.extract or 'per row'}; sources: "
           f"{dict(collections.Counter(r['source'] for r in rows))}")
     print("| verifier | agreement with labels | false positives | false negatives | ms/call mean | p99 | max |"
           " ordinary p99 |")

@@ -1,14 +1,20 @@
 """verifier="math_verify": same pool and limits as ours, and both backends agree on unambiguous cases."""
+import json
+import os
+import random
+import subprocess
+import sys
 import time
 
 import pytest
 
 from rl import tasks
-from rl.data import Problem
+from rl.data import Problem, sample_path
 from rl.rewards import math as rmath
 from rl.rewards import math_verify_backend as mvb
 from rl.rewards import pool
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not mvb.available(), reason="math-verify not installed (pip install math-verify)")
 
 # (completion, gold, correct): unambiguous by any grader's reading
@@ -53,3 +59,35 @@ def test_task_option_runs_behind_the_pool():
     assert out[0].correct and not out[1].correct and time.monotonic() - t0 < 2.0 + 1.5
     with pytest.raises(ValueError, match="verifier"):
         tasks.make("math_sample", verifier="nope")
+
+
+
+@pytest.mark.parametrize("name", ["verifier_corpus.jsonl", "verifier_corpus_smollm2.jsonl"])
+def test_stored_math_verify_verdicts_are_todays(name):
+    """The corpora store math-verify's verdicts (test_math_verifier compares our agreement with the labels
+    against them): a fixed random sample of 20 rows of each, re-scored with math-verify now."""
+    with open(sample_path(name), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for r in random.Random(0).sample(rows, 20):
+        assert mvb.score(r["completion"], r["gold"], timeout=5.0).correct is r["math_verify"], r["id"]
+
+
+def test_bench_verifier_cases_cli(tmp_path):
+    """`python -m experiments.bench_verifier --cases FILE` (the README's agreement table): agreement with the
+    labels, false positives per class, and the disagreements, on three rows whose verdicts are known."""
+    rows = [{"id": "a", "class": "mixed", "completion": "\\boxed{2\\frac{3}{4}}", "gold": "\\frac{11}{4}", "label": True},
+            {"id": "b", "class": "chain", "completion": "\\boxed{y = 3 \\cdot 5 = 16}", "gold": "15", "label": False},
+            {"id": "c", "class": "x", "extract": "auto", "completion": "so it is 7", "gold": "7", "label": True}]
+    path = tmp_path / "cases.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_verifier", "--cases", str(path)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| rl.rewards.math | 3/3 = 100.0% | 0 | 0 |" in r.stdout, r.stdout
+    assert "false positives on the mixed/percent/chain classes: 0" in r.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"completion": "1"}\n')
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_verifier", "--cases", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and f"{bad}:1: a row needs" in r.stderr

@@ -202,12 +202,17 @@ class WorkerPool:
         self._imports: set = set()  # modules of the scorers seen: replacement workers import them first
         sweep_stale_tmp()
 
-    def _start_missing(self) -> list:
-        """Replaces dead workers and starts missing ones (without waiting); returns those not ready yet."""
-        for w in [w for w in self._workers if w.proc.poll() is not None]:
-            w.kill()  # died on its own: reap its group and directory
-        self._workers = [w for w in self._workers if w.proc.poll() is None]
-        while len(self._workers) < self._n:
+    def _start_missing(self, busy=()) -> list:
+        """Replaces dead workers and starts missing ones (without waiting); returns those not ready yet.
+
+        A dead worker in `busy` (it died in an item) is left to `map`, which reads its end of file, scores
+        the item and drops it; its replacement starts now."""
+        dead = [w for w in self._workers if w.proc.poll() is not None]
+        for w in dead:
+            if w not in busy:
+                w.kill()  # died on its own while idle: reap its group and directory
+        self._workers = [w for w in self._workers if w not in dead or w in busy]
+        while sum(w not in dead for w in self._workers) < self._n:
             self._workers.append(_Worker(sorted(self._imports)))
         return [w for w in self._workers if not w.ready]
 
@@ -251,7 +256,7 @@ class WorkerPool:
             busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item, deadline)
             while todo or busy:
                 # (re)start missing workers without waiting: the ready ones keep working meanwhile
-                starting = self._start_missing()
+                starting = self._start_missing(busy)
                 idle = [w for w in self._workers if w.ready and w not in busy]
                 while todo and idle:
                     w, i = idle.pop(), todo.pop()
