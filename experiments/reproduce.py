@@ -4,6 +4,7 @@ evaluated on the same held-out problems with n samples per problem, summarised a
   python experiments/reproduce.py --study psr_nsr --scale fast --workdir /tmp/repro_psr_nsr
   python experiments/reproduce.py --study length|dash|prorl --scale fast --workdir DIR [--seeds 3]
   python experiments/reproduce.py --study psr_nsr --scale real --workdir DIR     # SmolLM2-135M-Instruct
+  python experiments/reproduce.py --scale real --measure --workdir DIR   # base pass@1 of the candidate tasks
 
 Studies (arms; "base" is the shared starting policy, evaluated without training):
   psr_nsr  base, GRPO, PSR, NSR, W-REINFORCE (lambda = 0.1)                    (negative-reinforcement paper)
@@ -23,7 +24,6 @@ checkpoint (rl.trainer), and the summary is recomputed from what the runs wrote 
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from rl import config as config_lib
-from rl import evaluation, trainer
+from rl import evaluation, outputs, trainer
 from rl.outputs import read_jsonl
 
 SCALES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "repro")
@@ -200,6 +200,18 @@ def collect(workdir, arms, seeds):
   return {arm: out[arm] for arm in arms}
 
 
+def train_times(rows):
+  """-> [(step, cumulative training seconds, row)] over the steps of a run, summing time/step but leaving out
+  the run's first step (it compiles the sampler and the update: a fixed cost, not the method's speed)."""
+  out, cum, first = [], 0.0, None
+  for r in sorted(rows, key=lambda r: r["step"]):
+    if r["step"] > 0:
+      first = r["step"] if first is None else first
+      cum += _num(r.get("time/step", 0.0)) if r["step"] != first else 0.0
+    out.append((r["step"], cum, r))
+  return out
+
+
 def series(runs, key):
   """Per-step metric `key` over seeds -> (steps [T], mean [T], std [T]) on the steps every seed has."""
   per = [{r["step"]: _num(r[key]) for r in run["rows"] if key in r and r["step"] > 0} for run in runs]
@@ -283,10 +295,8 @@ def findings(study, res):
                       "share of base-unsolved eval problems solved at least once in n: OSI - GRPO"))
   elif study == "dash":
     def time_to(run, target):
-      t, cum = [], 0.0
-      for r in sorted(run["rows"], key=lambda r: r["step"]):
-        cum += _num(r.get("time/step", 0.0))
-        if "eval/pass@1" in r and r["step"] > 0 and _num(r["eval/pass@1"]) >= target:
+      for step, cum, r in train_times(run["rows"]):
+        if "eval/pass@1" in r and step > 0 and _num(r["eval/pass@1"]) >= target:
           return cum
       return float("inf")
     gaps = []
@@ -295,7 +305,7 @@ def findings(study, res):
       gaps.append(time_to(g, target) - time_to(d, target))
     out += [
         _check("DASH reaches 90 % of GRPO's pass@1 gain in less training wall-clock", gaps, pos,
-               "seconds to reach it (sum of time/step up to the first evaluation at or above): GRPO - DASH"),
+               "seconds to reach it (sum of time/step after step 1 up to the first evaluation at or above): GRPO - DASH"),
         _check("DASH's final pass@1 is within 0.03 of GRPO's", _diff(res, "grpo", "dash", P1), lambda v: v <= 0.03,
                "pass@1(GRPO) - pass@1(DASH)"),
     ]
@@ -332,7 +342,7 @@ def summarize(workdir, study, scale, seeds, res, wall):
       row[key] = [float(x) for x in evaluation.mean_std([r["final"][key] for r in runs])]
     zero = [np.mean([x["adv/zero_frac"] for x in r["rows"] if "adv/zero_frac" in x]) for r in runs if r["rows"]]
     row["zero_adv_frac"] = [float(np.mean(zero)), float(np.std(zero, ddof=1)) if len(zero) > 1 else 0.0] if zero else None
-    train_s = [sum(_num(x.get("time/step", 0.0)) for x in r["rows"]) for r in runs]
+    train_s = [train_times(r["rows"])[-1][1] if r["rows"] else 0.0 for r in runs]
     row["train_s"] = [float(np.mean(train_s)), float(np.std(train_s, ddof=1)) if len(train_s) > 1 else 0.0]
     row["wall_s"] = [float(np.mean([r["wall_s"] for r in runs])), 0.0]
     row["per_seed_pass_at_k"] = {str(k): [float(r["final"]["pass"][i]) for r in runs] for i, k in enumerate(ks)}
@@ -340,13 +350,14 @@ def summarize(workdir, study, scale, seeds, res, wall):
   checks = findings(study, res)
   out = {"study": study, "scale": scale, "seeds": list(seeds), "ks": ks, "n": res[next(iter(res))][0]["final"]["n"],
          "num_problems": int(len(res[next(iter(res))][0]["final"]["counts"])), "arms": table, "findings": checks,
-         "study_wall_s": wall}
+         "runs_wall_s": wall}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(out, f, indent=1)
 
   show = [k for k in ks if k in (1, 2, 4, 8, 16, 32, 64, 128, 256) or k == ks[-1]]
   lines = [f"# {study} ({scale} scale): mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
            f"{out['num_problems']} held-out problems, n = {out['n']} samples each", "",
+           f"Wall time of the runs (SFT base included): {wall / 60:.1f} min.", "",
            "| arm | " + " | ".join(f"pass@{k}" for k in show) + " | entropy | length (correct) | zero-adv frac | "
            "train s |", "|---" * (len(show) + 5) + "|"]
   for arm, row in table.items():
@@ -357,7 +368,7 @@ def summarize(workdir, study, scale, seeds, res, wall):
   lines += ["", "entropy: mean negative log-prob of the sampled evaluation tokens (nats/token, an estimate of the "
             "per-token entropy at the evaluation temperature); length: tokens of the correct responses; "
             "zero-adv frac: share of training samples with advantage exactly 0, mean over steps; train s: summed "
-            "time/step (evaluations excluded).", "", "## Findings (per seed)", "",
+            "time/step after step 1 (compilation and evaluations excluded; the machine may have been shared).", "", "## Findings (per seed)", "",
             "| finding | holds in | per-seed values | measured as |", "|---|---|---|---|"]
   for ch in checks:
     lines.append(f"| {ch['finding']} | {ch['holds_seeds']}/{len(ch['per_seed'])} | "
@@ -380,12 +391,7 @@ def summarize(workdir, study, scale, seeds, res, wall):
     for arm in ("grpo", "dash"):
       per = []
       for run in res[arm]:
-        cum, pts = 0.0, []
-        for r in sorted(run["rows"], key=lambda r: r["step"]):
-          cum += _num(r.get("time/step", 0.0))
-          if "eval/pass@1" in r:
-            pts.append((cum, _num(r["eval/pass@1"])))
-        per.append(pts)
+        per.append([(cum, _num(r["eval/pass@1"])) for _, cum, r in train_times(run["rows"]) if "eval/pass@1" in r])
       t = np.mean([[p[0] for p in pts] for pts in per], axis=0)
       curves[arm] = (t, *evaluation.mean_std([[p[1] for p in pts] for pts in per]))
     evaluation.plot_bands(curves, os.path.join(workdir, "dash_time.png"), xlabel="training wall-clock (s)",
@@ -393,11 +399,43 @@ def summarize(workdir, study, scale, seeds, res, wall):
   return out
 
 
+def measure(scale, workdir, sets):
+  """Base pass@k of every task in scale.CANDIDATES (scale.get_config(task=name) + sets), one workdir each
+  (DIR/measure/<name>, skipped when done) -> {name: eval metrics}; prints a table, writes DIR/candidates.json."""
+  out = {}
+  for name in scale.CANDIDATES:
+    c = config_lib.override(scale.get_config("grpo", task=name).unlock(), sets)
+    wd = os.path.join(workdir, "measure", name)
+    path = os.path.join(wd, "base_eval.json")
+    if not os.path.exists(path):
+      print(f"[repro] measuring the base on {name}", file=sys.stderr)
+      t = trainer.Trainer(config_lib.validate(c.lock()), wd)
+      writer = outputs.MetricsWriter(wd, 0, t.c)
+      try:
+        row = t.evaluate(t.state["params"], 0, writer)
+      finally:
+        writer.close()
+      with open(path, "w") as f:
+        json.dump(row, f)
+    with open(path) as f:
+      out[name] = json.load(f)
+  lines = ["| candidate | problems x samples | pass@1 | pass@max | response length | eval s |", "|---|---|---|---|---|---|"]
+  for name, r in out.items():
+    kmax = max(int(k.split("@")[1]) for k in r if k.startswith("eval/pass@") and not k.endswith("_std"))
+    lines.append(f"| {name} | {r['eval/num_problems']} x {r['eval/n_samples']} | {r['eval/pass@1']:.3f} | "
+                 f"{r[f'eval/pass@{kmax}']:.3f} (k={kmax}) | {_num(r['eval/response_length']):.1f} | "
+                 f"{r['time/eval']:.0f} |")
+  with open(os.path.join(workdir, "candidates.json"), "w") as f:
+    json.dump(out, f, indent=1)
+  print("\n".join(lines))
+  return out
+
+
 # ============================================================================ main
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--study", required=True, choices=sorted(STUDIES))
+  ap.add_argument("--study", default="psr_nsr", choices=sorted(STUDIES))
   ap.add_argument("--scale", default="fast", help="experiments/configs/repro/<scale>.py (fast | real)")
   ap.add_argument("--workdir", required=True)
   ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. S-1 per arm (>= 3 for the error bars)")
@@ -405,7 +443,13 @@ def main(argv=None):
                   help="config override for every arm (dotted key, JSON value), e.g. --set total_steps=20")
   ap.add_argument("--sft_set", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT base")
   ap.add_argument("--arms", default="", help="comma-separated subset of the study's arms (default: all)")
+  ap.add_argument("--report_only", action="store_true",
+                  help="train nothing: summarise the seeds whose runs have all finished")
+  ap.add_argument("--measure", action="store_true",
+                  help="only evaluate the base on each of the scale's CANDIDATES tasks (choosing the task)")
   a = ap.parse_args(argv)
+  if a.measure:
+    return measure(load_scale(a.scale), a.workdir, _parse_sets(a.set))
   if a.seeds < 1:
     raise SystemExit("reproduce.py: error: --seeds must be >= 1")
   scale = load_scale(a.scale)
@@ -418,11 +462,16 @@ def main(argv=None):
       raise SystemExit(f"reproduce.py: error: --arms {bad} not in study {a.study!r} ({', '.join(study)})")
     study = {k: v for k, v in study.items() if k in keep or v is None}
   os.makedirs(a.workdir, exist_ok=True)
-  t0 = time.perf_counter()
+  seeds = list(range(a.seeds))
+  if a.report_only:
+    done = lambda arm, s: os.path.exists(os.path.join(a.workdir, "runs", arm, f"seed{s}", "done.json"))
+    seeds = [s for s in seeds if all(done(arm, s) for arm, spec in study.items() if spec is not None)]
+    if not seeds:
+      raise SystemExit(f"reproduce.py: error: no seed of {a.workdir} has every arm finished")
+    print(f"[repro] report only: seeds {seeds} have every arm finished", file=sys.stderr)
   try:
-    init_from = make_base(scale, a.workdir, sft_sets)
-    seeds = list(range(a.seeds))
-    for s in seeds:   # seed-major: an interrupted study has every arm at the seeds it finished
+    init_from = "" if a.report_only else make_base(scale, a.workdir, sft_sets)
+    for s in [] if a.report_only else seeds:   # seed-major: an interrupted study has every arm at the seeds it finished
       for arm, spec in study.items():
         if spec is None:
           continue
@@ -435,7 +484,10 @@ def main(argv=None):
   except trainer.TrainError as e:
     raise SystemExit(f"reproduce.py: error: {e}") from None
   res = collect(a.workdir, study, seeds)
-  out = summarize(a.workdir, a.study, a.scale, seeds, res, time.perf_counter() - t0)
+  sft_done = os.path.join(a.workdir, "base_sft", "done.json")
+  wall = sum(r["wall_s"] for runs in res.values() for r in runs)
+  wall += json.load(open(sft_done))["wall_s"] if os.path.exists(sft_done) else 0.0
+  out = summarize(a.workdir, a.study, a.scale, seeds, res, wall)
   with open(os.path.join(a.workdir, "results.md")) as f:
     print(f.read())
   return out
