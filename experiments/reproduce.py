@@ -124,15 +124,41 @@ def run_once(c, workdir, what):
                        f"(or delete that run)")
     print(f"[repro] {what}: done, skipped", file=sys.stderr)
     return info
-  print(f"[repro] {what}: training in {workdir}", file=sys.stderr)
-  t0 = time.perf_counter()
-  trainer.train(c, workdir)
-  info = {"config": _config_id(c), "wall_s": time.perf_counter() - t0,
-          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-  with open(done + ".tmp", "w") as f:
-    json.dump(info, f)
-  os.replace(done + ".tmp", done)
+  os.makedirs(workdir, exist_ok=True)
+  lock = os.path.join(workdir, "running.pid")   # another process (--only_seeds) training this run: leave it
+  try:
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+  except FileExistsError:
+    pid = int(open(lock).read().strip() or 0)
+    if pid and _alive(pid):
+      print(f"[repro] {what}: being trained by process {pid}, skipped", file=sys.stderr)
+      return None
+    os.remove(lock)   # left by a process that died: take the run over (the trainer resumes its checkpoint)
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+  os.write(fd, str(os.getpid()).encode())
+  os.close(fd)
+  try:
+    print(f"[repro] {what}: training in {workdir}", file=sys.stderr)
+    t0 = time.perf_counter()
+    trainer.train(c, workdir)
+    info = {"config": _config_id(c), "wall_s": time.perf_counter() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(done + ".tmp", "w") as f:
+      json.dump(info, f)
+    os.replace(done + ".tmp", done)
+  finally:
+    os.remove(lock)
   return info
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def make_base(scale, workdir, sft_sets):
@@ -443,6 +469,9 @@ def main(argv=None):
                   help="config override for every arm (dotted key, JSON value), e.g. --set total_steps=20")
   ap.add_argument("--sft_set", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT base")
   ap.add_argument("--arms", default="", help="comma-separated subset of the study's arms (default: all)")
+  ap.add_argument("--only_seeds", default="",
+                  help="comma-separated seeds to train in this process (several processes can share a study "
+                       "workdir, one per seed; the SFT base is made by the first); no summary, use --report_only")
   ap.add_argument("--report_only", action="store_true",
                   help="train nothing: summarise the seeds whose runs have all finished")
   ap.add_argument("--measure", action="store_true",
@@ -463,15 +492,12 @@ def main(argv=None):
     study = {k: v for k, v in study.items() if k in keep or v is None}
   os.makedirs(a.workdir, exist_ok=True)
   seeds = list(range(a.seeds))
-  if a.report_only:
-    done = lambda arm, s: os.path.exists(os.path.join(a.workdir, "runs", arm, f"seed{s}", "done.json"))
-    seeds = [s for s in seeds if all(done(arm, s) for arm, spec in study.items() if spec is not None)]
-    if not seeds:
-      raise SystemExit(f"reproduce.py: error: no seed of {a.workdir} has every arm finished")
-    print(f"[repro] report only: seeds {seeds} have every arm finished", file=sys.stderr)
+  done = lambda arm, s: os.path.exists(os.path.join(a.workdir, "runs", arm, f"seed{s}", "done.json"))
+  finished = lambda: [s for s in seeds if all(done(arm, s) for arm, spec in study.items() if spec is not None)]
   try:
     init_from = "" if a.report_only else make_base(scale, a.workdir, sft_sets)
-    for s in [] if a.report_only else seeds:   # seed-major: an interrupted study has every arm at the seeds it finished
+    only = [int(x) for x in a.only_seeds.split(",") if x.strip()]
+    for s in [] if a.report_only else (only or seeds):   # seed-major: an interrupted study has every arm at the seeds it finished
       for arm, spec in study.items():
         if spec is None:
           continue
@@ -484,6 +510,14 @@ def main(argv=None):
   except trainer.TrainError as e:
     raise SystemExit(f"reproduce.py: error: {e}") from None
   res = collect(a.workdir, study, seeds)
+  if only:
+    print(f"[repro] trained seeds {only}; summarise with --report_only", file=sys.stderr)
+    return None
+  if finished() != seeds:   # --report_only, or runs left to other processes
+    seeds = finished()
+    if not seeds:
+      raise SystemExit(f"reproduce.py: error: no seed of {a.workdir} has every arm finished")
+    print(f"[repro] summarising the seeds with every arm finished: {seeds}", file=sys.stderr)
   sft_done = os.path.join(a.workdir, "base_sft", "done.json")
   wall = sum(r["wall_s"] for runs in res.values() for r in runs)
   wall += json.load(open(sft_done))["wall_s"] if os.path.exists(sft_done) else 0.0
