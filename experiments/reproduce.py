@@ -509,7 +509,6 @@ def main(argv=None):
     raise
   except trainer.TrainError as e:
     raise SystemExit(f"reproduce.py: error: {e}") from None
-  res = collect(a.workdir, study, seeds)
   if only:
     print(f"[repro] trained seeds {only}; summarise with --report_only", file=sys.stderr)
     return None
@@ -518,6 +517,7 @@ def main(argv=None):
     if not seeds:
       raise SystemExit(f"reproduce.py: error: no seed of {a.workdir} has every arm finished")
     print(f"[repro] summarising the seeds with every arm finished: {seeds}", file=sys.stderr)
+  res = collect(a.workdir, study, seeds)
   sft_done = os.path.join(a.workdir, "base_sft", "done.json")
   wall = sum(r["wall_s"] for runs in res.values() for r in runs)
   wall += json.load(open(sft_done))["wall_s"] if os.path.exists(sft_done) else 0.0
