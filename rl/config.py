@@ -62,6 +62,8 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       param_dtype="",         # parameter (and AdamW moment) dtype; "" = dtype. bfloat16 compute with float32
                               # params keeps f32 master weights (needed at lr ~1e-6: bf16 weights drop the updates)
       remat=False,            # rematerialise each layer in the backward pass (long sequences / big models)
+      init_from="",           # HF dir (e.g. another run's workdir/hf): start from its weights, same architecture;
+                              # the tokenizer still comes from `source` (how every arm of a study shares an SFT base)
       # tiny_llama only:
       hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
   ))
@@ -122,6 +124,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       n_samples=8, runs=1, temperature=1.0, max_new_tokens=0,   # 0 = rollout.max_new_tokens
       prompts_per_call=8,      # problems per sampler call (0 = all at once)
+      samples_per_call=0,      # samples per problem per sampler call (0 = n_samples): bounds memory at large n
   ))
   c.log = ml_collections.ConfigDict(dict(
       samples_every=10,        # steps between rows appended to workdir/samples.jsonl (0 = only at evaluations)
@@ -205,7 +208,7 @@ RANGES = {
     "ref.reset_every": (0, INF, False, True), "ref.reset_patience": (0, INF, False, True),
     "eval.n_samples": (1, INF, False, True), "eval.runs": (1, INF, False, True),
     "eval.temperature": (0, INF, False, True), "eval.max_new_tokens": (0, INF, False, True),
-    "eval.prompts_per_call": (0, INF, False, True),
+    "eval.prompts_per_call": (0, INF, False, True), "eval.samples_per_call": (0, INF, False, True),
     "log.samples_every": (0, INF, False, True), "log.samples_printed": (0, INF, False, True),
     "mesh.data": (-1, INF, False, True), "mesh.fsdp": (-1, INF, False, True), "mesh.tensor": (1, INF, False, True),
 }

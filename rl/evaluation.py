@@ -7,7 +7,9 @@ answer strings), return plain Python floats / lists (JSON-ready for metrics.json
     logger.write(step, flat_metrics(res, prefix="eval/"))
     plot_pass_at_k({"step 100": res}, workdir / "pass_at_k.png")
 """
+import json
 import math
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -202,5 +204,77 @@ def plot_pass_at_k_curves(evals, ks, path, *, max_curves=6, prefix="eval/"):
   return plot_pass_at_k(results, path, show_maj=len(results) <= 2)
 
 
+def append_counts(path, step, problem_ids, correct_runs):
+  """Writes one JSON row {"step", "n", "runs", "ids", "correct": [R][P] counts} for an evaluation to the JSONL
+  file `path`, replacing rows of the same or a later step (a resumed run re-evaluates; nothing is doubled).
+
+  correct_runs: bool [R, P, n]. The counts are enough for pass@k at every k <= n (`pass_at_k_from_counts`).
+  """
+  correct_runs = np.asarray(correct_runs).astype(bool)
+  rows = [r for r in read_counts(path) if r["step"] < step]
+  rows.append({"step": int(step), "n": int(correct_runs.shape[2]), "runs": int(correct_runs.shape[0]),
+               "ids": [str(i) for i in problem_ids], "correct": correct_runs.sum(axis=2).astype(int).tolist()})
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(path + ".tmp", path)
+
+
+def read_counts(path):
+  """The rows of an `append_counts` file (a missing file = []), oldest first."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def pass_at_k_from_counts(n, counts, ks):
+  """Unbiased pass@k averaged over problems from correct counts.  counts: int [..., P] -> f32 [..., K]."""
+  c = np.asarray(counts)
+  table = np.asarray(metrics.pass_at_k(n, jnp.asarray(c)[..., None], jnp.asarray(ks)))   # [..., P, K]
+  return table.mean(axis=-2)
+
+
+def mean_std(values):
+  """float [S, ...] over S seeds -> (mean [...], sample std [...] (ddof=1; 0 for one seed))."""
+  v = np.asarray(values, np.float64)
+  return v.mean(axis=0), (v.std(axis=0, ddof=1) if v.shape[0] > 1 else np.zeros(v.shape[1:]))
+
+
+def plot_bands(curves, path, *, xlabel, ylabel, title="", logx=False, ylim=None):
+  """A PNG of one line per label with a band of +- std (e.g. pass@k vs k over seeds, entropy over training).
+
+  Args:
+    curves: {label: (x [K], mean [K], std [K])}.  path: output .png.  logx: log2 x axis with the x values as ticks.
+  Returns:
+    str(path).
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg   # local: matplotlib is heavy, plots only
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  xs_all = set()
+  for i, (label, (x, m, sd)) in enumerate(curves.items()):
+    x, m, sd = (np.asarray(a, np.float64) for a in (x, m, sd))
+    ax.plot(x, m, marker="o" if len(x) <= 12 else None, ms=3, color=f"C{i % 10}", label=label)
+    ax.fill_between(x, m - sd, m + sd, color=f"C{i % 10}", alpha=0.2)
+    xs_all |= set(x.tolist())
+  if logx:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(xs_all)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  if ylim:
+    ax.set_ylim(*ylim)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(str(path), format="png")
+  return str(path)
+
+
 __all__ = ["default_ks", "evaluate_samples", "evaluate_runs", "flat_metrics", "markdown_table", "plot_pass_at_k",
-           "plot_pass_at_k_curves"]
+           "plot_pass_at_k_curves", "append_counts", "read_counts", "pass_at_k_from_counts", "mean_std", "plot_bands"]

@@ -254,20 +254,42 @@ def inject_offline(ctx, b):
 # ============================================================================ evaluation sampling
 
 def evaluate(ctx, params, problems, rng):
-  """config.eval: n samples per problem, R runs -> (correct bool [R,P,n], preds R x P lists of n, first Batch)."""
+  """config.eval: n samples per problem, R runs -> (correct bool [R,P,n], preds R x P lists of n, first Batch, stats).
+
+  Sampled in chunks of eval.prompts_per_call problems x eval.samples_per_call samples (0 = all), so n can be large
+  (pass@256) with bounded memory. stats (floats over every sample of every run): "nll" the mean negative log-prob
+  of the sampled tokens (a Monte-Carlo estimate of the per-token entropy at eval.temperature), "length" the mean
+  response length, "length_correct" that of the correct responses (nan when none is correct).
+  """
   e = ctx.config.eval
   n, max_new = e.n_samples, e.max_new_tokens or ctx.config.rollout.max_new_tokens
   chunk = e.prompts_per_call or len(problems)
+  per_call = min(e.samples_per_call or n, n)
   correct_runs, preds_runs, first = [], [], None
+  nll = tokens = length = length_ok = num_ok = 0.0
   for run in range(e.runs):
     correct, preds = [], []
     for s in range(0, len(problems), chunk):
       ps = problems[s:s + chunk]
-      b, _ = sample(ctx, params, ps, jax.random.fold_in(rng, run * 100003 + s), group_size=n,
-                    max_new_tokens=max_new, temperature=e.temperature)
-      first = first or b
-      correct.append(b.correct.reshape(len(ps), n))
-      preds.extend(b.pred[i * n:(i + 1) * n] for i in range(len(ps)))
+      key = jax.random.fold_in(rng, run * 100003 + s)
+      c_parts, p_parts = [], []
+      for j in range(0, n, per_call):   # samples j .. j+g of every problem of the chunk
+        g = min(per_call, n - j)
+        b, _ = sample(ctx, params, ps, key if j == 0 else jax.random.fold_in(key, j), group_size=g,
+                      max_new_tokens=max_new, temperature=e.temperature)
+        first = first or b
+        c_parts.append(b.correct.reshape(len(ps), g))
+        p_parts.append([b.pred[i * g:(i + 1) * g] for i in range(len(ps))])
+        nll -= float((b.logprobs * b.mask).sum())
+        tokens += float(b.mask.sum())
+        length += float(b.lengths.sum())
+        length_ok += float(b.lengths[b.correct].sum())
+        num_ok += float(b.correct.sum())
+      correct.append(np.concatenate(c_parts, 1))
+      preds.extend(sum((part[i] for part in p_parts), []) for i in range(len(ps)))
     correct_runs.append(np.concatenate(correct, 0))
     preds_runs.append(preds)
-  return np.stack(correct_runs), preds_runs, first
+  num = e.runs * len(problems) * n
+  stats = {"nll": nll / max(tokens, 1.0), "length": length / num,
+           "length_correct": length_ok / num_ok if num_ok else float("nan")}
+  return np.stack(correct_runs), preds_runs, first, stats

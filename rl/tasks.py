@@ -12,6 +12,7 @@ Names:
   "reasoning_gym"  procedural puzzles from the reasoning-gym package, scored by its own scorers
   "code"           local JSONL of {prompt, tests} programming problems, sandboxed execution (rl.rewards.code)
   "toy_last_digit" / "toy_parity"  two-digit numbers for the tiny model (models.tiny.CharTokenizer vocabulary)
+  "toy_sum"        "47+38=" -> "85" for the tiny model, optional units-column scratchpad (the repro testbed)
 
 `task.score` is picklable without the problem lists, so `rl.rewards.pool.score_batch(task.score, ...)`
 ships only the scorer and its options to the workers.
@@ -248,9 +249,37 @@ def _toy(kind: str) -> Task:
     return Task(f"toy_{kind}", [mk(q) for q in nums[:80]], [mk(q) for q in nums[80:]], score_first_char)
 
 
+def score_toy_sum(completion: str, problem: Problem) -> Score:
+    """toy_sum: the answer is what follows the last "?" (the whole completion without a scratchpad); exact match."""
+    pred = completion.rsplit("?", 1)[-1] or None
+    ok = pred == problem.answer
+    return Score(float(ok), ok, pred)
+
+
+def _toy_sum(*, max_a: int = 99, max_b: int = 99, scratch_frac: float = 0.5, eval_size: int = 200,
+             seed: int = 0) -> Task:
+    """Sums "47+38=" -> "85" over the character tokenizer's vocabulary, all pairs 0 <= a <= max_a, 0 <= b <= max_b;
+    eval_size held out (seeded split). Many wrong answers (0 .. max_a + max_b). The gold solution of a
+    `scratch_frac` share of the problems (fixed per problem) first writes the units column, "7+8=15?85", the
+    rest only the answer "85": a model fine-tuned on them answers at two lengths (what a length reward acts on)."""
+    if max_a < 1 or max_b < 1 or not 0 <= scratch_frac <= 1:
+        raise ValueError(f"toy_sum: need max_a, max_b >= 1 and 0 <= scratch_frac <= 1, got {max_a}, {max_b}, "
+                         f"{scratch_frac}")
+    rng = np.random.default_rng(seed)
+    problems = []
+    for a in range(max_a + 1):
+        for b in range(max_b + 1):
+            ans = str(a + b)
+            sol = f"{a % 10}+{b % 10}={a % 10 + b % 10}?{ans}" if rng.random() < scratch_frac else ans
+            problems.append(Problem(id=f"sum-{a}+{b}", question=f"{a}+{b}=", answer=ans, solution=sol))
+    train, ev = _split(problems, eval_size, seed)
+    return Task("toy_sum", train, ev, score_toy_sum)
+
+
 REGISTRY = {
     "toy_last_digit": functools.partial(_toy, "last_digit"),
     "toy_parity": functools.partial(_toy, "parity"),
+    "toy_sum": _toy_sum,
     "arithmetic": _arithmetic,
     "math_sample": _math_sample,
     "jsonl": functools.partial(_files, "jsonl"),

@@ -60,7 +60,24 @@ def make_mesh(mc, devices=None):
 
 
 def build_model(mc, seed):
-  """config.model -> (Decoder, tokenizer); mc.source is one of rl.config.MODEL_SOURCES."""
+  """config.model -> (Decoder, tokenizer); mc.source is one of rl.config.MODEL_SOURCES. With mc.init_from (an HF
+  directory of the same architecture, e.g. a run's workdir/hf) the weights are read from there instead."""
+  model, tok = _build_source_model(mc, seed)
+  if not mc.init_from:
+    return model, tok
+  if not os.path.exists(os.path.join(mc.init_from, "config.json")):
+    raise FileNotFoundError(f"config.model.init_from={mc.init_from!r} has no config.json (an HF directory, e.g. a "
+                            f"finished run's workdir/hf)")
+  init, _ = models.load_pretrained(mc.init_from, dtype=mc.dtype, param_dtype=mc.param_dtype or None, remat=mc.remat,
+                                   tokenizer=False)
+  a, b = nnx.state(model, nnx.Param), nnx.state(init, nnx.Param)
+  shapes = lambda st: (jax.tree.structure(st), [x.shape for x in jax.tree.leaves(st)])
+  if shapes(a) != shapes(b):
+    raise ValueError(f"config.model.init_from={mc.init_from!r}: its architecture differs from config.model's")
+  return init, tok
+
+
+def _build_source_model(mc, seed):
   if mc.source == "tiny_llama":
     return models.tiny_llama(hidden_size=mc.hidden_size, num_layers=mc.num_layers, num_heads=mc.num_heads,
                              num_kv_heads=mc.num_kv_heads, intermediate_size=mc.intermediate_size, dtype=mc.dtype,
@@ -196,14 +213,19 @@ class Trainer:
   # ------------------------------------------------------------------------ evaluation
   def evaluate(self, params, step, writer):
     """n samples per held-out problem, R runs -> pass@k / maj@k for k = 1, 2, 4, .. n (mean and std over runs),
-    accuracy and the number of uncertain problems (0 < accuracy < 1 over all samples and runs)."""
+    accuracy, the number of uncertain problems (0 < accuracy < 1 over all samples and runs), the entropy estimate
+    (mean negative log-prob of the sampled tokens), the mean response length (all / correct responses), and
+    the per-problem correct counts in workdir/eval_counts.jsonl (one row per evaluation: what pass@k at any
+    k <= n, and comparisons on the same problems across runs, are computed from)."""
     problems, t0 = self.task.eval_problems, time.perf_counter()
     rng = jax.random.fold_in(jax.random.PRNGKey(self.c.seed + 1), step)
-    correct, preds, first = rollout.evaluate(self.ctx, params, problems, rng)
+    correct, preds, first, stats = rollout.evaluate(self.ctx, params, problems, rng)
     res = evaluation.evaluate_runs(correct, preds, problem_ids=[p.id for p in problems])
     out = evaluation.flat_metrics(res, prefix="eval/")
     out.update({"eval/num_problems": len(problems), "eval/n_samples": self.c.eval.n_samples,
-                "eval/runs": self.c.eval.runs, "time/eval": time.perf_counter() - t0})
+                "eval/runs": self.c.eval.runs, "eval/entropy": stats["nll"], "eval/response_length": stats["length"],
+                "eval/response_length_correct": stats["length_correct"], "time/eval": time.perf_counter() - t0})
+    evaluation.append_counts(os.path.join(self.workdir, "eval_counts.jsonl"), step, [p.id for p in problems], correct)
     self.meta["evals"].append({"step": step, **{k: v for k, v in out.items() if not k.startswith("time/")}})
     outputs.write_samples(self.workdir, step, first, "eval")
     outputs.print_samples(first, self.c.log.samples_printed, step)
