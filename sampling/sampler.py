@@ -15,8 +15,8 @@ How it works (all inside ONE jitted function per shape bucket):
      feeding one token per row per iteration (the first one is the last prompt token) and
      sampling the next; it exits as soon as every row has emitted an EOS id, N tokens were
      generated or the chunk is full. The response cache holds only the slots needed up to the
-     end of the current chunk (A = bucket(t + chunk_size) slots, grown between chunks), so a
-     step attends over ~the filled length, not over N. Between chunks, once at most half of the
+     end of the current chunk (A < 1.5 (t + chunk_size) slots, see `_slots`, grown between chunks),
+     so a step attends over ~the filled length, not over N. Between chunks, once at most half of the
      rows are still running, the running rows are re-packed into a smaller power-of-two batch
      (`compact=True`): finished rows stop costing. The iteration count is `num_steps`.
      (shared_prompt_cache=False keeps the single-loop reference: one while loop over the full
@@ -352,8 +352,13 @@ _repack_jit = jax.jit(_repack_core, static_argnames=("n_slots", "mesh"))
 
 
 def _slots(t: int, chunk: int, n_bucket: int) -> int:
-  """Response-cache slots for a chunk starting at step t: bucket(t + chunk), at most n_bucket."""
-  return min(n_bucket, bucket(t + chunk, chunk))
+  """Response-cache slots for a chunk starting at step t: n = t + chunk rounded up to a multiple of
+  g = a quarter of the power of two at or above n (at least `chunk`, at most 1024), at most n_bucket.
+  So a chunk attends < 1.5 n slots (power-of-two buckets: up to 2 n) with few distinct sizes to compile:
+  with chunk 128, 128, 256, 384, 512, 768, 1024, 1536, 2048, then multiples of 1024."""
+  n = t + chunk
+  g = min(1024, max(chunk, 1 << max((n - 1).bit_length() - 2, 0)))
+  return min(n_bucket, -(-n // g) * g)
 
 
 def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, sample_args, *, G, Nb, chunk,
@@ -469,7 +474,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     per group; needs a `models.Decoder`). False: the generic `model.step` on a cache repeated G times,
     in one while loop over the full max_new_tokens cache (the reference path: no chunks, no compaction).
   chunk_size: decode steps per compiled chunk (shared path); the response cache attended in a chunk
-    holds bucket(t + chunk_size) slots, so per-step attention tracks the filled length.
+    holds under 1.5 (t + chunk_size) slots, so per-step attention tracks the filled length.
   compact: between chunks, re-pack the running rows into a batch of the next power of two once at
     most half of the rows run (same samples: row keys and per-row math do not depend on the batch).
   -> SampleOutput with P*G rows and N = max_new_tokens columns.
