@@ -4,6 +4,11 @@
   python experiments/bench_sampler.py --dtypes float32,bfloat16 --hf_dtypes float32,bfloat16 --repeats 3
   python experiments/bench_sampler.py --lengths 128,512,2048,8192 --prompts 4 --group 8 --dtypes float32 \
       --json long.json --plot long.png                     # long rollouts: one process per side and length
+  python experiments/bench_sampler.py --lengths 2048 --sides hf --hf_max_s 240 --prompts 4 --group 8 \
+      --dtypes float32 --hf_dtypes float32 --json hf2048.json   # one side and length (e.g. one benchmark lock each)
+  python experiments/bench_sampler.py --merge ours128.json,hf2048.json --plot long.png   # one table + plot
+  python experiments/bench_sampler.py --step_profile 16,128,512,2048 --prompts 4 --group 8 --dtypes float32
+                                                           # ms per decode step vs response-cache slots
 
 --lengths: for every length, ours and transformers.generate each run in their OWN subprocess (a
 warm-up, so compilation is excluded: ours compiles every program of the call by running one step per
