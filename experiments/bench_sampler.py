@@ -306,6 +306,7 @@ def report(results, plot=None):
                    label=label)
     for a, yl in zip(ax, ("tokens/s (whole call)", "ms per decode step at the end of the call")):
       a.set_xscale("log", base=2)
+      a.set_ylim(bottom=0)
       a.set_xlabel("new tokens per row")
       a.set_ylabel(yl)
       a.legend(fontsize=7)
