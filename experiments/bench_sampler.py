@@ -304,6 +304,12 @@ def report(results, plot=None):
         ax[0].plot([r["N"] for r in rs], [r["tok_s"] for r in rs], "o-" if side == "ours" else "s--", label=label)
         ax[1].plot([r["N"] for r in rs], [r["step_ms_end"] for r in rs], "o-" if side == "ours" else "s--",
                    label=label)
+        for r in rs:
+          if r.get("capped"):   # stopped by --hf_max_s: tokens/s of its first steps, an upper bound
+            ax[0].annotate(f"upper bound\n(first {r['new_tokens']} steps)", (r["N"], r["tok_s"]), fontsize=7,
+                           textcoords="offset points", xytext=(-40, -25))
+            ax[1].annotate(f"at step {r['new_tokens']}", (r["N"], r["step_ms_end"]), fontsize=7,
+                           textcoords="offset points", xytext=(-40, 5))
     for a, yl in zip(ax, ("tokens/s (whole call)", "ms per decode step at the end of the call")):
       a.set_xscale("log", base=2)
       a.set_ylim(bottom=0)
