@@ -4,9 +4,15 @@
   python experiments/bench_sampler.py --dtypes float32,bfloat16 --hf_dtypes float32,bfloat16 --repeats 3
   python experiments/bench_sampler.py --lengths 128,512,2048,8192 --prompts 4 --group 8 --dtypes float32 \
       --json long.json --plot long.png                     # long rollouts: one process per side and length
+  python experiments/bench_sampler.py --lengths 2048 --sides hf --hf_max_s 240 --prompts 4 --group 8 \
+      --dtypes float32 --hf_dtypes float32 --json hf2048.json   # one side and length (e.g. one benchmark lock each)
+  python experiments/bench_sampler.py --merge ours128.json,hf2048.json --plot long.png   # one table + plot
+  python experiments/bench_sampler.py --step_profile 16,128,512,2048 --prompts 4 --group 8 --dtypes float32
+                                                           # ms per decode step vs response-cache slots
 
 --lengths: for every length, ours and transformers.generate each run in their OWN subprocess (a
-warm-up call at the same shape, so compilation is excluded, then one timed call): tokens/s, the
+warm-up, so compilation is excluded: ours compiles every program of the call by running one step per
+decode chunk, transformers runs a 2-token call; then one timed call): tokens/s, the
 time per decode step at the start and at the end of the call (ours: first and last decode chunk;
 transformers: first and last 16 steps, timed by a stopping criterion) and the process's peak RSS.
 
@@ -24,6 +30,7 @@ over the tokens each one attends to).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -87,7 +94,35 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def worker(side: str, P: int, G: int, N: int, dtype: str) -> dict:
+def warm_up_ours(split, prompts, G: int, N: int, chunk: int = 128):
+  """Compiles every program `sampling.generate(split, prompts, group_size=G, max_new_tokens=N, eos_ids=(),
+  temperature=1)` runs (prefill, each decode chunk, each cache growth) by running ONE step per chunk: the
+  warm-up of a long call without decoding it twice. It rebuilds generate's shapes (bucketed prompts and
+  rows, one device); the timed call checks that it compiled nothing more (`compiles_in_timed_call`)."""
+  from sampling import sampler as S
+  graphdef, state = split
+  P = len(prompts)
+  Pb, Lb, Nb = S.bucket(P, 1), S.bucket(max(len(p) for p in prompts), 16), S.bucket(N, 16)
+  toks, mask = sampling.left_pad(prompts + [[0]] * (Pb - P), 0, Lb)
+  B, C = Pb * G, min(chunk, Nb)
+  keys = jax.random.split(jax.random.key(0), B)
+  sample_args = (jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0), jnp.full((4,), -1, jnp.int32))
+  static = dict(greedy=False, top_k=0, use_top_p=False, plain=True)
+  A = S._slots(0, C, Nb)
+  shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None)
+  carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=jnp.zeros((B,), bool),
+               stopped=jnp.zeros((B,), bool))
+  for t0 in range(0, N, C):
+    if S._slots(t0, C, Nb) > A:
+      A = S._slots(t0, C, Nb)
+      shared, resp, carry, keys = S._repack_jit(shared, resp, carry, keys, None, None, n_slots=A, mesh=None)
+    carry = dict(carry, t=jnp.int32(t0))
+    resp, carry, cols = S._chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(t0 + 1), *sample_args,
+                                     n_steps=C, mesh=None, **static)
+  jax.block_until_ready(cols)
+
+
+def worker(side: str, P: int, G: int, N: int, dtype: str, max_time: float | None = None) -> dict:
   """One side at one length, in this process: warm-up call, then one timed call -> result dict."""
   tok, gdir, gname, prompts = _prompts(P)
   n_tok = P * G * N
@@ -101,15 +136,17 @@ def worker(side: str, P: int, G: int, N: int, dtype: str) -> dict:
       jax.block_until_ready(out.tokens)
       assert out.tokens.shape == (P * G, N) and bool(out.mask.all())
     t = time.perf_counter()
-    run(0)
+    warm_up_ours(split, prompts, G, N)
     warm = time.perf_counter() - t
+    c0 = sampling.num_compilations()
     t = time.perf_counter()
     run(1)
     sec = time.perf_counter() - t
     sched = sampling.sampler.last_decode_schedule()
     per_step = [d["seconds"] / d["steps"] * 1e3 for d in sched if d["steps"]]
     return dict(side=side, N=N, tok_s=n_tok / sec, seconds=sec, warmup_s=warm, step_ms_start=per_step[0],
-                step_ms_end=per_step[-1], chunks=sched, peak_rss_mb=_peak_rss_mb())
+                step_ms_end=per_step[-1], chunks=sched, peak_rss_mb=_peak_rss_mb(),
+                compiles_in_timed_call=sampling.num_compilations() - c0)
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count())
@@ -120,31 +157,71 @@ def worker(side: str, P: int, G: int, N: int, dtype: str) -> dict:
   am = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
   m = transformers.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=getattr(torch, dtype)).eval()
   stamps = []
+  n_out = {}
 
   class Stamp(transformers.StoppingCriteria):
     def __call__(self, input_ids, scores, **kw):
       stamps.append(time.perf_counter())
       return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
-  def run(n):
+  def run(n, max_time=None):
     stamps.clear()
     with torch.inference_mode():
       out = m.generate(input_ids=ids, attention_mask=am, do_sample=True, num_return_sequences=G, temperature=1.0,
-                       top_k=0, top_p=1.0, pad_token_id=pad, max_new_tokens=n, min_new_tokens=n,
+                       top_k=0, top_p=1.0, pad_token_id=pad, max_new_tokens=n, min_new_tokens=n, max_time=max_time,
                        stopping_criteria=transformers.StoppingCriteriaList([Stamp()]))
-    assert out.shape == (P * G, L + n), out.shape
+    assert out.shape[0] == P * G and (max_time or out.shape[1] == L + n), out.shape
+    n_out["n"] = out.shape[1] - L
   t = time.perf_counter()
   run(2)
   warm = time.perf_counter() - t
   torch.manual_seed(0)
   t = time.perf_counter()
-  run(N)
+  run(N, max_time=max_time)
   sec = time.perf_counter() - t
   d = np.diff(stamps) * 1e3
   k = min(16, max(1, len(d) // 4))
-  return dict(side=side, N=N, tok_s=n_tok / sec, seconds=sec, warmup_s=warm,
+  # capped by max_time: the tokens made so far in that time (the first, cheaper steps of the call), so
+  # tok_s is an upper bound of transformers' rate over the whole call
+  return dict(side=side, N=N, tok_s=P * G * n_out["n"] / sec, seconds=sec, warmup_s=warm, new_tokens=n_out["n"],
+              capped=n_out["n"] < N,
               step_ms_start=float(np.mean(d[:k])) if len(d) else None,
               step_ms_end=float(np.mean(d[-k:])) if len(d) else None, peak_rss_mb=_peak_rss_mb())
+
+
+def step_profile(P: int, G: int, slots: list[int], dtype: str, cache_dtype: str = "", steps: int = 16) -> list[dict]:
+  """Time per decode step vs response-cache slots: for each A in `slots`, one decode chunk of `steps`
+  steps of P*G rows over A response slots (the last `steps` positions of the cache, i.e. the step cost
+  at the end of a chunk of A slots), timed on its second run -> [{slots, rows, step_ms}]."""
+  from flax import nnx
+  from sampling import sampler as S
+  _, gdir, gname, prompts = _prompts(P)
+  model, _ = models.load_pretrained(os.path.join(gdir, gname), dtype=dtype, tokenizer=False)
+  if cache_dtype:
+    model.cfg = dataclasses.replace(model.cfg, cache_dtype=cache_dtype)
+  graphdef, state = nnx.split(model)
+  toks, mask = sampling.left_pad(prompts, 0, sampling.bucket(max(len(p) for p in prompts)))
+  B = P * G
+  keys = jax.random.split(jax.random.key(0), B)
+  eos = jnp.full((4,), -1, jnp.int32)
+  static = dict(greedy=False, top_k=0, use_top_p=False, plain=True, mesh=None)
+  out = []
+  for A in slots:
+    n = min(steps, A)
+    shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None)
+    best = 1e9
+    for _ in range(2):
+      carry = dict(t=jnp.int32(A - n), tok=tok, pos=pos + A - n, done=jnp.zeros((B,), bool),
+                   stopped=jnp.zeros((B,), bool))
+      t = time.perf_counter()
+      resp, carry, cols = S._chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(A), jnp.float32(1.0),
+                                       jnp.float32(1.0), jnp.int32(0), eos, n_steps=n, **static)
+      jax.block_until_ready(cols)
+      best = min(best, time.perf_counter() - t)
+    out.append(dict(slots=A, rows=B, step_ms=best / n * 1e3))
+    print(f"slots {A:5d}, rows {B}: {out[-1]['step_ms']:.1f} ms per step", flush=True)
+    del shared, resp
+  return out
 
 
 def lengths_main(args):
@@ -153,7 +230,8 @@ def lengths_main(args):
   dtype = args.dtypes.split(",")[0]
   hf_dtype = (args.hf_dtypes.split(",")[0] if args.hf_dtypes else "")
   lengths = [int(n) for n in args.lengths.split(",")]
-  sides = [("ours", dtype)] + ([("hf", hf_dtype)] if hf_dtype else [])
+  want = args.sides.split(",")
+  sides = [("ours", dtype)] * ("ours" in want) + ([("hf", hf_dtype)] if hf_dtype and "hf" in want else [])
   if args.ours_max:
     print(f"ours only up to {args.ours_max} new tokens, transformers up to {args.hf_max or 'all'}")
   info = dict(P=P, G=G, dtype=dtype, hf_dtype=hf_dtype, lengths=lengths, loadavg_start=os.getloadavg(),
@@ -165,7 +243,7 @@ def lengths_main(args):
       if cap and N > cap:
         continue
       cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--prompts", str(P), "--group", str(G),
-             "--new_tokens", str(N), "--dtypes", dt]
+             "--new_tokens", str(N), "--dtypes", dt, "--hf_max_s", str(args.hf_max_s)]
       t = time.perf_counter()
       p = subprocess.run(cmd, capture_output=True, text=True)
       if p.returncode:
@@ -177,44 +255,73 @@ def lengths_main(args):
       print(f"{side:5s} N={N:5d}: {r['tok_s']:7.1f} tok/s, step {r['step_ms_start']:.0f} -> "
             f"{r['step_ms_end']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
   info["loadavg_end"] = os.getloadavg()
-  by = {(r["side"], r["N"]): r for r in results}
-  print(f"\nP={P} x G={G}, EOS ignored, ours {dtype}, transformers {hf_dtype or '-'}; {info['note']}; "
-        f"load average {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f}\n")
-  print("| new tokens | ours tok/s | ours step ms (start -> end) | ours peak RSS MB | transformers tok/s | "
-        "transformers step ms (start -> end) | transformers peak RSS MB | ours / transformers |")
-  print("|---|---|---|---|---|---|---|---|")
-  f = lambda r, k, fmt: "-" if r is None or r.get(k) is None else format(r[k], fmt)
-  for N in lengths:
-    o, h = by.get(("ours", N)), by.get(("hf", N))
-    ratio = f"{o['tok_s'] / h['tok_s']:.2f}x" if o and h else "-"
-    print(f"| {N} | {f(o, 'tok_s', '.0f')} | {f(o, 'step_ms_start', '.0f')} -> {f(o, 'step_ms_end', '.0f')} | "
-          f"{f(o, 'peak_rss_mb', '.0f')} | {f(h, 'tok_s', '.0f')} | {f(h, 'step_ms_start', '.0f')} -> "
-          f"{f(h, 'step_ms_end', '.0f')} | {f(h, 'peak_rss_mb', '.0f')} | {ratio} |")
+  for r in results:
+    r.update(P=P, G=G, dtype=dtype if r["side"] == "ours" else hf_dtype, note=info["note"])
   if args.json:
     with open(args.json, "w") as fh:
       json.dump(dict(info, results=results), fh, indent=1)
-  if args.plot:
+  report(results, args.plot)
+
+
+def merge_main(args):
+  """--merge: the results of several --lengths runs (e.g. one per side and length) -> one table and plot."""
+  results = []
+  for path in args.merge.split(","):
+    with open(path) as fh:
+      d = json.load(fh)
+    for r in d["results"]:
+      r.setdefault("loadavg", [d["loadavg_start"][0], d["loadavg_end"][0]])
+      results.append(r)
+  report(results, args.plot)
+
+
+def report(results, plot=None):
+  """Markdown table (one line per length and row count) and, if `plot`, the tokens/s curve."""
+  by = {(r["side"], r["N"], r["P"] * r["G"]): r for r in results}
+  keys = sorted({(N, rows) for _, N, rows in by})
+  print("\n| new tokens | rows | ours tok/s | ours step ms (start -> end) | ours peak RSS MB | transformers tok/s | "
+        "transformers step ms (start -> end) | transformers peak RSS MB | ours / transformers |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  f = lambda r, k, fmt: "-" if r is None or r.get(k) is None else format(r[k], fmt)
+  for N, rows in keys:
+    o, h = by.get(("ours", N, rows)), by.get(("hf", N, rows))
+    capped = h is not None and h.get("capped")
+    # a capped transformers rate is an upper bound of its whole-call rate, so the ratio is a lower bound
+    ratio = f"{'>= ' if capped else ''}{o['tok_s'] / h['tok_s']:.2f}x" if o and h else "-"
+    htok = ("<= " if capped else "") + f(h, "tok_s", ".0f")
+    print(f"| {N} | {rows} | {f(o, 'tok_s', '.0f')} | {f(o, 'step_ms_start', '.0f')} -> {f(o, 'step_ms_end', '.0f')} | "
+          f"{f(o, 'peak_rss_mb', '.0f')} | {htok} | {f(h, 'step_ms_start', '.0f')} -> "
+          f"{f(h, 'step_ms_end', '.0f')} | {f(h, 'peak_rss_mb', '.0f')} | {ratio} |")
+  if plot:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for side, label in (("ours", f"sampling.generate ({dtype})"), ("hf", f"transformers.generate ({hf_dtype})")):
-      rs = [r for r in results if r["side"] == side]
-      if not rs:
-        continue
-      ax[0].plot([r["N"] for r in rs], [r["tok_s"] for r in rs], "o-", label=label)
-      ax[1].plot([r["N"] for r in rs], [r["step_ms_end"] for r in rs], "o-", label=label + ", last steps")
-    for a, yl in zip(ax, ("tokens/s", "ms per decode step at the end of the call")):
+    for side, name in (("ours", "sampling.generate"), ("hf", "transformers.generate")):
+      for rows in sorted({k[2] for k in by if k[0] == side}):
+        rs = sorted((r for k, r in by.items() if k[0] == side and k[2] == rows), key=lambda r: r["N"])
+        label = f"{name} ({rs[0]['dtype']}, {rows} rows)"
+        ax[0].plot([r["N"] for r in rs], [r["tok_s"] for r in rs], "o-" if side == "ours" else "s--", label=label)
+        ax[1].plot([r["N"] for r in rs], [r["step_ms_end"] for r in rs], "o-" if side == "ours" else "s--",
+                   label=label)
+        for r in rs:
+          if r.get("capped"):   # stopped by --hf_max_s: tokens/s of its first steps, an upper bound
+            ax[0].annotate(f"upper bound\n(first {r['new_tokens']} steps)", (r["N"], r["tok_s"]), fontsize=7,
+                           textcoords="offset points", xytext=(-40, -25))
+            ax[1].annotate(f"at step {r['new_tokens']}", (r["N"], r["step_ms_end"]), fontsize=7,
+                           textcoords="offset points", xytext=(-40, 5))
+    for a, yl in zip(ax, ("tokens/s (whole call)", "ms per decode step at the end of the call")):
       a.set_xscale("log", base=2)
+      a.set_ylim(bottom=0)
       a.set_xlabel("new tokens per row")
       a.set_ylabel(yl)
-      a.legend(fontsize=8)
+      a.legend(fontsize=7)
       a.grid(alpha=0.3)
-    fig.suptitle(f"SmolLM2-135M, {P} prompts x {G} samples, EOS ignored ({info['note']})")
+    notes = sorted({r.get("note", "") for r in results})
+    fig.suptitle(f"SmolLM2-135M, EOS ignored ({', '.join(notes)})")
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=100)
-    print(f"plot written to {args.plot}")
-
+    fig.savefig(plot, dpi=100)
+    print(f"plot written to {plot}")
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,18 +341,33 @@ def main():
                   help="comma-separated new-token counts: long-rollout mode (one subprocess per side and length)")
   ap.add_argument("--ours_max", type=int, default=0, help="--lengths: skip ours above this length (0 = none)")
   ap.add_argument("--hf_max", type=int, default=0, help="--lengths: skip transformers above this length")
+  ap.add_argument("--hf_max_s", type=float, default=0,
+                  help="--lengths: stop transformers' timed call after this many seconds (max_time; its tokens/s "
+                       "is then an upper bound of its rate over the whole call)")
+  ap.add_argument("--sides", default="ours,hf", help="--lengths: which sides to run (ours, hf)")
+  ap.add_argument("--merge", default=None,
+                  help="comma-separated --json files of earlier --lengths runs: print one table and plot, run nothing")
   ap.add_argument("--plot", default=None, help="--lengths: write the tokens/s curve (PNG) here")
   ap.add_argument("--contended", action="store_true", help="--lengths: label the results as from a busy machine")
+  ap.add_argument("--step_profile", default=None,
+                  help="comma-separated response-cache slot counts: time per decode step of one chunk at each")
+  ap.add_argument("--cache_dtype", default="", help="--step_profile: the KV cache storage dtype ('' = default)")
   ap.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   P, G, N = args.prompts, args.group, args.new_tokens
   if P > len(QUESTIONS):
     raise SystemExit(f"--prompts must be <= {len(QUESTIONS)}")
   if args.worker:
-    print(json.dumps(worker(args.worker, P, G, N, args.dtypes.split(",")[0])))
+    print(json.dumps(worker(args.worker, P, G, N, args.dtypes.split(",")[0], args.hf_max_s or None)))
     return
+  if args.merge:
+    return merge_main(args)
   if args.lengths:
     return lengths_main(args)
+  if args.step_profile:
+    r = step_profile(P, G, [int(a) for a in args.step_profile.split(",")], args.dtypes.split(",")[0], args.cache_dtype)
+    print(json.dumps(dict(loadavg=os.getloadavg(), profile=r)))
+    return
 
   import torch
   import transformers

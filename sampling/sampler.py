@@ -15,8 +15,8 @@ How it works (all inside ONE jitted function per shape bucket):
      feeding one token per row per iteration (the first one is the last prompt token) and
      sampling the next; it exits as soon as every row has emitted an EOS id, N tokens were
      generated or the chunk is full. The response cache holds only the slots needed up to the
-     end of the current chunk (A = bucket(t + chunk_size) slots, grown between chunks), so a
-     step attends over ~the filled length, not over N. Between chunks, once at most half of the
+     end of the current chunk (A < 1.5 (t + chunk_size) slots, see `_slots`, grown between chunks),
+     so a step attends over ~the filled length, not over N. Between chunks, once at most half of the
      rows are still running, the running rows are re-packed into a smaller power-of-two batch
      (`compact=True`): finished rows stop costing. The iteration count is `num_steps`.
      (shared_prompt_cache=False keeps the single-loop reference: one while loop over the full
@@ -192,6 +192,25 @@ def _to_auto(x, mesh):
   return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
+def _sample_and_record(c, logits, t, col, row_keys, temperature, top_p, pad_id, eos, **kw):
+  """The part of a decode step after the model: draw step t's token of every row and record it.
+
+  c: loop carry with tok, pos int32 [B], done, stopped bool [B] and the records tokens int32,
+  logp, raw f32, mask bool [B,W]; logits f32 [B,V]; col: the record column of step t; kw: the
+  static `sample_logits` flags -> the updated t, tok, pos, done, stopped and records. Rows already
+  done get pad_id / 0 / False; a row is done once it emits an id in eos int32 [E] (-1 = unused).
+  """
+  u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
+  tok, lp, raw = sample_logits(logits, u, temperature, top_p, **kw)
+  live = ~c["done"]
+  tok = jnp.where(live, tok, pad_id)
+  put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, col))
+  hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
+  return dict(t=t + 1, tok=tok, pos=c["pos"] + 1, done=c["done"] | hit, stopped=c["stopped"] | hit,
+              tokens=put(c["tokens"], tok), logp=put(c["logp"], jnp.where(live, lp, 0.0)),
+              raw=put(c["raw"], jnp.where(live, raw, 0.0)), mask=put(c["mask"], live))
+
+
 def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new, temperature, top_p,
                    pad_id, eos, *, group_size, n_bucket, greedy, top_k, use_top_p, plain, mesh):
   """The single-loop reference path (shared_prompt_cache=False): generic `Decoder.step` over one
@@ -230,24 +249,16 @@ def _generate_core(graphdef, state, prompt, pmask, row_keys, row_active, max_new
                logp=zeros(jnp.float32),
                raw=zeros(jnp.float32), mask=zeros(bool))
 
+  kw = dict(greedy=greedy, top_k=top_k, use_top_p=use_top_p, plain=plain)
+
   def cond(c):
     return (c["t"] < max_new) & ~jnp.all(c["done"])
 
   def body(c):
     t = c["t"]
     logits, cache = model.step(c["tok"][:, None], c["pos"][:, None], c["cache"])
-    logits = logits[:, 0]
-    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
-    tok, lp, raw = sample_logits(logits, u, temperature, top_p, greedy=greedy, top_k=top_k,
-                                 use_top_p=use_top_p, plain=plain)
-    live = ~c["done"]
-    tok = jnp.where(live, tok, pad_id)
-    put = lambda buf, col: jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, t))
-    hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
-    return dict(t=t + 1, cache=cache, tok=tok, pos=c["pos"] + 1, done=c["done"] | hit,
-                stopped=c["stopped"] | hit, tokens=put(c["tokens"], tok),
-                logp=put(c["logp"], jnp.where(live, lp, 0.0)), raw=put(c["raw"], jnp.where(live, raw, 0.0)),
-                mask=put(c["mask"], live))
+    return dict(_sample_and_record(c, logits[:, 0], t, t, row_keys, temperature, top_p, pad_id, eos, **kw),
+                cache=cache)
 
   c = jax.lax.while_loop(cond, body, carry)
   return c["tokens"], c["logp"], c["raw"], c["mask"], c["stopped"], c["t"]
@@ -297,23 +308,16 @@ def _chunk_core(graphdef, state, shared, resp, carry, row_keys, stop_at, tempera
   c = dict(carry, resp=resp, tokens=_constrain(jnp.full((B, n_steps), pad_id, jnp.int32), mesh),
            logp=zeros(jnp.float32), raw=zeros(jnp.float32), mask=zeros(bool))
 
+  kw = dict(greedy=greedy, top_k=top_k, use_top_p=use_top_p, plain=plain)
+
   def cond(c):
     return (c["t"] < stop_at) & ~jnp.all(c["done"])
 
   def body(c):
     t = c["t"]
     logits, resp = model.group_step(c["tok"], c["pos"], t, shared, c["resp"])
-    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(row_keys)
-    tok, lp, raw = sample_logits(logits, u, temperature, top_p, greedy=greedy, top_k=top_k,
-                                 use_top_p=use_top_p, plain=plain)
-    live = ~c["done"]
-    tok = jnp.where(live, tok, pad_id)
-    put = lambda buf, col: jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, t - t0))
-    hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
-    return dict(t=t + 1, resp=resp, tok=tok, pos=c["pos"] + 1, done=c["done"] | hit,
-                stopped=c["stopped"] | hit, tokens=put(c["tokens"], tok),
-                logp=put(c["logp"], jnp.where(live, lp, 0.0)), raw=put(c["raw"], jnp.where(live, raw, 0.0)),
-                mask=put(c["mask"], live))
+    return dict(_sample_and_record(c, logits, t, t - t0, row_keys, temperature, top_p, pad_id, eos, **kw),
+                resp=resp)
 
   c = jax.lax.while_loop(cond, body, c)
   carry = {k: c[k] for k in carry}
@@ -348,8 +352,13 @@ _repack_jit = jax.jit(_repack_core, static_argnames=("n_slots", "mesh"))
 
 
 def _slots(t: int, chunk: int, n_bucket: int) -> int:
-  """Response-cache slots for a chunk starting at step t: bucket(t + chunk), at most n_bucket."""
-  return min(n_bucket, bucket(t + chunk, chunk))
+  """Response-cache slots for a chunk starting at step t: n = t + chunk rounded up to a multiple of
+  g = a quarter of the power of two at or above n (at least `chunk`, at most 1024), at most n_bucket.
+  So a chunk attends < 1.5 n slots (power-of-two buckets: up to 2 n) with few distinct sizes to compile:
+  with chunk 128, 128, 256, 384, 512, 768, 1024, 1536, 2048, then multiples of 1024."""
+  n = t + chunk
+  g = min(1024, max(chunk, 1 << max((n - 1).bit_length() - 2, 0)))
+  return min(n_bucket, -(-n // g) * g)
 
 
 def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, sample_args, *, G, Nb, chunk,
@@ -465,7 +474,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     per group; needs a `models.Decoder`). False: the generic `model.step` on a cache repeated G times,
     in one while loop over the full max_new_tokens cache (the reference path: no chunks, no compaction).
   chunk_size: decode steps per compiled chunk (shared path); the response cache attended in a chunk
-    holds bucket(t + chunk_size) slots, so per-step attention tracks the filled length.
+    holds under 1.5 (t + chunk_size) slots, so per-step attention tracks the filled length.
   compact: between chunks, re-pack the running rows into a batch of the next power of two once at
     most half of the rows run (same samples: row keys and per-row math do not depend on the batch).
   -> SampleOutput with P*G rows and N = max_new_tokens columns.

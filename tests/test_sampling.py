@@ -420,6 +420,7 @@ def test_chunked_compacted_decode_equals_single_loop(model):
   assert [d["rows"] for d in full] == [16] * len(full)   # 3 prompts -> bucket 4 prompts x G
   assert small[0]["rows"] == 16 and small[1]["rows"] <= 4  # <= 3 running rows: re-packed to <= 4
   assert all(a["rows"] >= b["rows"] for a, b in zip(small, small[1:]))
-  for d in small:  # each chunk attends bucket(t0 + 4) slots, not the N bucket (32)
-    assert d["slots"] == min(32, sampling.bucket(d["t0"] + 4, 4)) and d["steps"] <= 4
+  for d in small:  # each chunk attends the slots up to its end (< 1.5x, a multiple of 4), not the N bucket (32)
+    n = d["t0"] + 4
+    assert n <= d["slots"] < max(1.5 * n, n + 4) and d["slots"] % 4 == 0 and d["steps"] <= 4
   assert sum(d["steps"] for d in small) == int(ref.num_steps)
