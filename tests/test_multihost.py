@@ -8,6 +8,7 @@ address and process id in JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROC
 import json
 import math
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -95,6 +96,7 @@ def _assert_same(rows, ref):
 
 
 def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
+  cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   ref_dir, mh_dir, logs1, logs2 = (tmp_path / n for n in ("one", "two", "logs1", "logs2"))
   for d in (logs1, logs2):
     d.mkdir()
@@ -118,3 +120,5 @@ def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
   _assert_same(_rows(str(mh_dir)), ref)
   # only process 0 writes: one row per step (no duplicates from process 1), samples from the final evaluation
   assert (mh_dir / "samples.jsonl").exists() and (mh_dir / "config.json").exists()
+  cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  print(f"CPU time of the 5 processes: {cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime:.0f} s")
