@@ -56,7 +56,7 @@ def _launch(workdir, n_proc, log_dir):
   return procs
 
 
-def _wait(procs, log_dir, timeout=400):
+def _wait(procs, log_dir, timeout=1500):
   t0 = time.time()
   for p in procs:
     try:
@@ -106,7 +106,7 @@ def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
   # 2 processes, SIGKILLed (both) once the first checkpoint is committed, then relaunched: they resume
   procs = _launch(str(mh_dir), 2, str(logs2))
   ckpt, t0 = mh_dir / "checkpoints" / str(EVERY), time.time()
-  while not ckpt.is_dir() and all(p.poll() is None for p in procs) and time.time() - t0 < 400:
+  while not ckpt.is_dir() and all(p.poll() is None for p in procs) and time.time() - t0 < 1500:
     time.sleep(0.05)
   for p in procs:
     p.send_signal(signal.SIGKILL)
