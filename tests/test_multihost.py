@@ -95,6 +95,7 @@ def _assert_same(rows, ref):
         assert a == b, f"step {q['step']} {k}: 2 processes {a!r}, 1 process {b!r}"
 
 
+@pytest.mark.timeout(3000)   # 3 launches that each compile; far less on an idle machine (the CPU time is printed)
 def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
   cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   ref_dir, mh_dir, logs1, logs2 = (tmp_path / n for n in ("one", "two", "logs1", "logs2"))
