@@ -310,13 +310,17 @@ def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes):
   dec_flops = sum(2 * B * pc["matmul"] + 4 * B * (Lb + a) * L * H * Dh for a in slots) / n_chips
   dec_bytes = sum(w_bytes + ((Pn * Lb + B * a) * kv_slot + B * V * 12) / n_chips for a in slots)
   model = 2 * Pn * Lb * pc["matmul"] + Nb * (2 * B * pc["matmul"] + 4 * B * (Lb + Nb / 2) * L * H * Dh)
+  # the decode's least possible HBM traffic: weights + the filled KV slots (step t: prompt + t + 1 written
+  # response slots) per step; decode_roofline_frac = that / what the program reads (unfilled slots of its
+  # chunk's bucket, logits), i.e. the fraction of the weights + KV bandwidth roofline the decode reaches
+  ideal = sum(w_bytes + (Pn * Lb + B * (t + 1)) * kv_slot / n_chips for t in range(Nb))
   # the largest chunk's live HBM besides its arguments (the caches are arguments): gathered compute-dtype
   # weights and a few [B, V] f32 logits blocks
   temp = w_bytes + B * V * 4 * 3 / n_chips
   return dict(flops=pre_flops + dec_flops, bytes=pre_bytes + dec_bytes, model_flops=model / n_chips,
               last_step_flops=(2 * B * pc["matmul"] + 4 * B * (Lb + slots[-1]) * L * H * Dh) / n_chips,
               last_step_bytes=w_bytes + ((Pn * Lb + B * slots[-1]) * kv_slot + B * V * 12) / n_chips,
-              tokens=B * Nb, temp_bytes=temp)
+              tokens=B * Nb, temp_bytes=temp, decode_roofline_frac=ideal / dec_bytes)
 
 
 def roofline(est, chip):
@@ -506,6 +510,9 @@ def format_table(res, label="") -> str:
     lines.append(f"step: {st['step_s']:.1f} s (sample {st['parts_s']['sample']:.1f}, logp {st['parts_s']['logp']:.1f}, "
                  f"update {st['parts_s']['update']:.1f}), {st['gen_tokens_per_s_chip']:.0f} generated tokens/s/chip, "
                  f"MFU {st['mfu']:.1%}, fits: {'yes' if st['fits'] else 'NO'}")
+  if "decode_roofline_frac" in res.get("sample", {}).get("est", {}):
+    lines.append(f"decode: {res['sample']['est']['decode_roofline_frac']:.0%} of the weights + KV bandwidth roofline "
+                 f"(the rest: unfilled response-cache slots of each chunk's bucket, logits)")
   return "\n".join(lines)
 
 

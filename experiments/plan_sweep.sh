@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs experiments/plan.py for every paper config x topology of docs/scaling.md, one compile at a time
-# (nice -n $NICE, default 5), caching each finished phase in docs/plans/ (rerunning skips what is done).
+# (nice -n $NICE, default 5; $PYTHON, default python), caching each finished phase in docs/plans/ (rerunning skips what is done).
 #   bash experiments/plan_sweep.sh            # all
 #   bash experiments/plan_sweep.sh 3          # only the first 3 entries
 set -u
@@ -25,6 +25,6 @@ n=${1:-${#RUNS[@]}}
 for r in "${RUNS[@]:0:$n}"; do
   set -- $r
   echo "=== $1 $2 $3 $(date -u +%H:%M:%S)"
-  nice -n "${NICE:-5}" python -m experiments.plan --model "$1" --topology "$2" --config "$3" --cache_dir docs/plans 2>&1 \
+  nice -n "${NICE:-5}" "${PYTHON:-python}" -m experiments.plan --model "$1" --topology "$2" --config "$3" --cache_dir docs/plans 2>&1 \
     | grep -v -E "^(WARNING|I0000|W0000|E0000|===|learning/)|Failed to find host|TPU_WORKER_HOSTNAMES|sampler.py"
 done

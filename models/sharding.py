@@ -14,13 +14,23 @@ XLA's GSPMD propagates the layouts through jit):
   * "data" (and "fsdp"): the batch axis, BATCH_SPEC = P(("data", "fsdp")).
   The stacked layer axis L is never split. A dimension that an axis size does not
   divide is left unsplit along that axis (e.g. 3 KV heads on tensor=2).
+
+Multi-process (jax.distributed, one process per host): every process runs the same host program with the same
+NumPy values; `shard_batch` / `replicate` make global arrays from each process's own part of them
+(jax.make_array_from_process_local_data), `to_host` brings a global array back to NumPy on every process
+(a process_allgather when other processes hold some of its shards). With one process they are plain
+device_put / np.asarray.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import numpy as np
 from flax import nnx
+from jax._src import distributed   # the coordination-service client: JAX 0.10 has no public barrier without
+from jax.experimental import multihost_utils   # a device collective (see `barrier`)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from models.transformer import Decoder, DecoderConfig, param_shapes
@@ -102,5 +112,63 @@ def batch_sharding(shape, mesh: Mesh, axis: int = 0) -> NamedSharding:
 
 def shard_batch(x, mesh: Mesh, axis: int = 0):
   """Puts an array on the mesh with dimension `axis` (the batch) split over ("data","fsdp") where they divide it
-  (replicated otherwise)."""
-  return jax.device_put(x, batch_sharding(x.shape, mesh, axis))
+  (replicated otherwise). Multi-process: x is the global (host) value, the same on every process; each process
+  hands over only the rows its devices hold (see `put_global`)."""
+  return put_global(x, batch_sharding(np.shape(x), mesh, axis))
+
+
+def replicate(x, mesh: Mesh):
+  """A (host) value -> a global array replicated on every device of `mesh` (all processes pass the same value)."""
+  return put_global(x, NamedSharding(mesh, P()))
+
+
+def process_slice(sharding, shape) -> tuple:
+  """The box of the global array (slices per dimension) that this process's devices hold under `sharding`."""
+  idx = list(sharding.addressable_devices_indices_map(tuple(shape)).values())
+  box = []
+  for d, n in enumerate(shape):
+    spans = [s[d].indices(n)[:2] for s in idx]
+    box.append(slice(min(a for a, _ in spans), max(b for _, b in spans)))
+  return tuple(box)
+
+
+def put_global(x, sharding):
+  """Host value x (NumPy or a fully addressable jax.Array; the same on every process) -> a jax.Array with
+  `sharding`. One process: jax.device_put. Several: jax.make_array_from_process_local_data with this process's
+  box of x (`process_slice`), so no process transfers rows that other hosts' devices hold."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return jax.device_put(x, sharding)   # already global: a reshard
+  x = np.asarray(x)
+  return jax.make_array_from_process_local_data(sharding, x[process_slice(sharding, x.shape)], x.shape)
+
+
+def to_host(x) -> np.ndarray:
+  """jax.Array (global or local) or NumPy -> NumPy with the global value, on every process. Multi-process this
+  is a collective (process_allgather) when other processes hold shards of x: every process must call it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+_BARRIER_IDS = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 3600.0):
+  """Waits until every process has reached this call (all call it in the same order). It goes through the
+  jax.distributed coordination service, not a device collective, so a process may arrive much later (e.g.
+  after a longer compile or a checkpoint write) without a collective timing out. One process: returns."""
+  if jax.process_count() == 1:
+    return
+  distributed.global_state.client.wait_at_barrier(f"{name}#{next(_BARRIER_IDS)}", int(timeout_s * 1000))
+
+
+def warm_up_collectives():
+  """Multi-process on CPU: the first gloo collective over the devices sets up its context and fails when the
+  processes reach it more than ~30 s apart (XLA's fixed key-value timeout; later collectives wait longer).
+  This sets it up right after a barrier, before any program whose compile time differs between processes."""
+  if jax.process_count() == 1:
+    return
+  barrier("models.sharding.warm_up_collectives")
+  multihost_utils.process_allgather(np.int32(jax.process_index()))

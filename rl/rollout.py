@@ -6,8 +6,14 @@
 The `Batch` built here travels unchanged (field names never renamed) through `rl.algorithms.postprocess`
 (shaped_reward, adv, keep) to `rl.update` and `rl.outputs`. Rows are prompt-major: row i*G+j is sample j
 of prompt i.
+
+Multi-process (one process per host, jax.distributed): every process runs this host code on the same prompts;
+the sampler's outputs are gathered to every process (`models.sharding.to_host`), each process scores only its
+share of the rows (`process_rows`) and the scores are all-gathered (`gather_scores`), so the reward work is
+split across hosts and every process holds the same Batch.
 """
 import dataclasses
+import json
 import os
 import time
 from typing import NamedTuple
@@ -15,13 +21,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 import sampling
+from models.sharding import to_host
 from rl import advantages as adv_lib
 from rl import algorithms, data
 from rl.data.solutions import SolutionStore
 from rl.outputs import note
-from rl.rewards import pool
+from rl.rewards import Score, pool
 
 
 class Batch(NamedTuple):
@@ -129,6 +137,26 @@ def prompts(ctx, problems):
 
 # ============================================================================ sample -> decode -> score
 
+def process_rows(n):
+  """-> slice of the n rows this process scores: contiguous, process-major, sizes differing by at most 1."""
+  k, i = jax.process_count(), jax.process_index()
+  return slice(i * n // k, (i + 1) * n // k)
+
+
+def gather_scores(local):
+  """This process's list of Scores -> all processes' lists concatenated in process order (the same list on
+  every process). One process: unchanged. Several: the lists travel as JSON bytes through process_allgather
+  (floats keep their value: JSON writes the shortest repr that reads back to the same float)."""
+  if jax.process_count() == 1:
+    return list(local)
+  blob = np.frombuffer(json.dumps([[float(s.reward), bool(s.correct), s.pred] for s in local]).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int64(blob.size))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  every = np.asarray(multihost_utils.process_allgather(padded))   # [processes, max size]
+  return [Score(*s) for row, size in zip(every, sizes) for s in json.loads(row[:size].tobytes().decode())]
+
+
 _SAMPLER_SHAPES = set()   # sampler shapes already compiled in this process (to announce new compilations)
 
 
@@ -145,13 +173,17 @@ def sample(ctx, params, problems, rng, *, group_size, max_new_tokens, temperatur
   out = sampling.generate((ctx.graphdef, params), toks, prompt_mask=pmask, group_size=group_size,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=r.top_p, top_k=r.top_k,
                           eos_ids=ctx.eos_ids, pad_id=ctx.pad_id, rng=rng, mesh=ctx.mesh)
-  out = jax.tree.map(np.array, out)
+  out = jax.tree.map(lambda a: np.array(to_host(a)), out)   # every process: all rows (gathered)
   t1 = time.perf_counter()
   rows = [p for p in problems for _ in range(group_size)]
   completions = [ctx.tok.decode(t[m].tolist(), skip_special_tokens=True) for t, m in zip(out.tokens, out.mask)]
   timeouts_before = pool.get_pool(r.reward_workers).timeouts
-  scores = pool.score_batch(ctx.task.score, completions, rows, timeout=r.reward_timeout, workers=r.reward_workers)
+  mine = process_rows(len(rows))   # this process scores its share; the scores are gathered
+  scores = gather_scores(pool.score_batch(ctx.task.score, completions[mine], rows[mine], timeout=r.reward_timeout,
+                                          workers=r.reward_workers))
   timeouts = pool.get_pool(r.reward_workers).timeouts - timeouts_before
+  if jax.process_count() > 1:   # summed over processes
+    timeouts = int(np.asarray(multihost_utils.process_allgather(np.int64(timeouts))).sum())
   n = len(rows)
   reward = np.array([s.reward for s in scores], np.float32)
   batch = Batch(problems=rows, prompt=out.prompt_tokens, prompt_mask=out.prompt_mask, tokens=out.tokens,

@@ -42,12 +42,25 @@ class TrainError(Exception):
 # ============================================================================ parts by name
 
 def maybe_initialize_distributed():
-  """jax.distributed.initialize() when launched multi-process (coordinator / cluster env vars present)."""
+  """jax.distributed.initialize() when launched multi-process, before anything touches a device:
+  JAX_COORDINATOR_ADDRESS=host:port with JAX_NUM_PROCESSES and JAX_PROCESS_ID (any machines; on CPU the
+  cross-process collectives are gloo, JAX's default), or a cluster JAX detects by itself (a multi-host Cloud TPU
+  slice: TPU_WORKER_HOSTNAMES; SLURM; Open MPI)."""
   env = os.environ
   multi = ("JAX_COORDINATOR_ADDRESS" in env or int(env.get("SLURM_NTASKS", "1")) > 1
            or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
-  if multi and not getattr(jax.distributed, "is_initialized", lambda: False)():
-    jax.distributed.initialize()
+  if not multi or jax.distributed.is_initialized():
+    return
+  kw = {}
+  if "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
+    try:
+      kw = dict(num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+    except (KeyError, ValueError):
+      raise ValueError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be integers (the number of processes and "
+                       f"this one's index), got {env.get('JAX_NUM_PROCESSES')!r}, {env.get('JAX_PROCESS_ID')!r}") \
+          from None
+  jax.distributed.initialize(**kw)
+  sharding.warm_up_collectives()
 
 
 def make_mesh(mc, devices=None):
@@ -141,8 +154,10 @@ class Trainer:
                                  lambda: update.make_logp_fn(self.graphdef, sampling_key))
     self.hp = update.loss_hparams(c.loss)
     self.use_ref = c.loss.kl_kind != "none" or c.ref.reset_every > 0 or c.ref.reset_patience > 0
+    # step and rng replicated on the mesh: global arrays when multi-process (Orbax saves them like the rest)
     self.state = {"params": params, "opt_state": update.init_opt(self.tx, params, self.mesh),
-                  "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(c.seed)}
+                  "step": sharding.replicate(np.int32(0), self.mesh),
+                  "rng": sharding.replicate(np.asarray(jax.random.PRNGKey(c.seed)), self.mesh)}
     if self.use_ref:
       self.state["ref_params"] = jax.tree.map(jnp.copy, params)
     self.it = data.PromptIterator(self.task.train_problems, c.rollout.prompts_per_step, seed=c.seed)
@@ -166,7 +181,7 @@ class Trainer:
                                lr=float(self.schedule(step * self.updates_per_step)), is_sft=not self.algo.rollout)
     row["ref/source_step"] = self.meta["ref_source_step"]
     self._guard(step + 1, row, upd)
-    new_state = dict(state, params=params, opt_state=opt_state, step=jnp.asarray(step + 1, jnp.int32))
+    new_state = dict(state, params=params, opt_state=opt_state, step=sharding.replicate(np.int32(step + 1), self.mesh))
     return new_state, row, batch
 
   def _guard(self, step, row, upd):
@@ -281,6 +296,7 @@ class Trainer:
     start = found[0] if found else 0
     if not start:
       self._refuse_silent_restart()
+    sharding.barrier("rl.trainer: workdir checked")   # by every process, before process 0 writes to it
     config_lib.save(c, self.workdir, resuming=bool(start))
     state = self.state
     if start:
@@ -340,7 +356,8 @@ class Trainer:
       raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint written")
     self.state = state
     if c.export_hf:
-      path = outputs.export_hf(nnx.merge(self.graphdef, state["params"]), self.tok, os.path.join(self.workdir, "hf"))
+      params = jax.tree.map(sharding.to_host, state["params"])   # every process (a gather), process 0 writes
+      path = outputs.export_hf(nnx.merge(self.graphdef, params), self.tok, os.path.join(self.workdir, "hf"))
       outputs.note(f"final policy (Hugging Face layout): {path}")
     if first_eval and last_eval:
       outputs.print_change(first_eval, last_eval)

@@ -118,7 +118,7 @@ def forward(logp_fn, params, arrays, micro, mesh):
   for s in range(0, n, micro):
     piece = {k: arrays[k][s:s + micro] for k in keys}
     t0 = announce("the trainer's log-prob forward", logp_fn, piece)
-    parts.append(np.asarray(logp_fn(params, put(piece, mesh))[0]))
+    parts.append(sharding.to_host(logp_fn(params, put(piece, mesh))[0]))   # multi-process: gathered
     if t0 is not None:
       note(f"  compiled and ran in {time.perf_counter() - t0:.1f} s")
   return np.concatenate(parts, 0)
@@ -218,7 +218,7 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh):
         jax.block_until_ready(met)
         note(f"  compiled and ran in {time.perf_counter() - t0:.1f} s")
       mets.append(met)
-  mets = jax.device_get(mets)
+  mets = jax.tree.map(sharding.to_host, mets)
   out = {k: float(np.mean([x[k] for x in mets])) for k in mets[0]}
   out["is_ratio_max"] = float(np.max([x["is_ratio_max"] for x in mets]))
   out["skipped"] = float(np.sum([x["skipped"] for x in mets]))

@@ -50,6 +50,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from models.sharding import put_global, to_host
 from models.warping import top_k_mask, top_p_mask
 
 _BLOCK = 256  # vocab block of the two-level inverse CDF
@@ -174,6 +175,18 @@ def _constrain(x, mesh, axis=0):
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, _batch_spec(mesh, x.ndim, axis))
+
+
+def _put_rows(a, mesh):
+  """Host value (NumPy, or typed keys made on this process) -> an array on `mesh` with its rows split over the
+  batch axes. Multi-process (jax.distributed): a global array built from each process's own rows; the
+  values must be the same on every process (they are: the host loop runs the same program everywhere)."""
+  if jax.process_count() > 1 and isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    # typed keys travel as their uint32 data (multi-process device_put does not take key arrays)
+    data = jax.random.key_data(a)
+    data = data if not data.is_fully_addressable else np.asarray(data)
+    return jax.random.wrap_key_data(put_global(data, _batch_spec(mesh, a.ndim + 1)), impl=jax.random.key_impl(a))
+  return put_global(a, _batch_spec(mesh, np.ndim(a)))
 
 
 def _auto_mesh(mesh):
@@ -369,11 +382,9 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
   C = min(chunk, Nb)
   A = _slots(0, C, Nb)
   shared, resp, tok, pos = _prefill_jit(graphdef, state, toks_b, mask_b, group_size=G, n_slots=A, mesh=mesh)
-  done0 = ~jnp.asarray(active)
-  carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=done0, stopped=jnp.zeros((B,), bool))
-  if mesh is not None:
-    done0 = jax.device_put(done0, _batch_spec(mesh, 1))
-    carry.update(done=done0, stopped=jax.device_put(carry["stopped"], _batch_spec(mesh, 1)))
+  put = (lambda a: _put_rows(a, mesh)) if mesh is not None else jnp.asarray   # sharded (multi-process: global)
+  carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=put(~to_host(active)),
+               stopped=put(np.zeros((B,), bool)))
   pad_id = int(sample_args[2])
   out = dict(tokens=np.full((B, max_new), pad_id, np.int32), logp=np.zeros((B, max_new), np.float32),
              raw=np.zeros((B, max_new), np.float32), mask=np.zeros((B, max_new), bool))
@@ -386,12 +397,12 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
     resp, carry, cols = _chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(min(t + C, max_new)),
                                    *sample_args, n_steps=C, mesh=mesh, **static)
     t_end = int(carry["t"])
-    done = np.asarray(carry["done"])
+    done = to_host(carry["done"])   # to_host: every process gets all rows (a gather when multi-process)
     _SCHEDULE.append(dict(t0=t, steps=t_end - t, rows=len(rows), slots=A, seconds=time.perf_counter() - tic))
     real = rows >= 0
     for name, col in zip(("tokens", "logp", "raw", "mask"), cols):
-      out[name][rows[real], t:t_end] = np.asarray(col)[real, :t_end - t]
-    stopped[rows[real]] = np.asarray(carry["stopped"])[real]
+      out[name][rows[real], t:t_end] = to_host(col)[real, :t_end - t]
+    stopped[rows[real]] = to_host(carry["stopped"])[real]
     t = t_end
     if t >= max_new or done.all():
       break
@@ -404,7 +415,7 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
       keep = np.arange(n_rows) < len(live)
       rows = np.where(keep, rows[idx], -1)
       if mesh is not None:
-        idx, keep = (jax.device_put(a, _batch_spec(mesh, 1)) for a in (idx, keep))
+        idx, keep = (_put_rows(a, mesh) for a in (idx, keep))
     if idx is not None or A_next > A:
       shared, resp, carry, keys = _repack_jit(shared, resp, carry, keys, idx, keep, n_slots=A_next, mesh=mesh)
       A = A_next
@@ -527,7 +538,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
   args = (toks_b, mask_b, keys, active)
   if mesh is not None:
     mesh = _auto_mesh(mesh)
-    args = tuple(jax.device_put(a, _batch_spec(mesh, np.ndim(a))) for a in args)
+    args = tuple(_put_rows(a, mesh) for a in args)
     state = jax.tree.map(lambda x: _to_auto(x, mesh), state)
 
   sample_args = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id),
@@ -538,7 +549,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     o, stopped, steps = _decode_chunked(graphdef, state, *args, max_new_tokens, sample_args, G=G, Nb=Nb,
                                         chunk=int(chunk_size), compact=compact, n_dev=n_dev, mesh=mesh,
                                         static=static)
-    put = (lambda a: jax.device_put(a, _batch_spec(mesh, a.ndim))) if mesh is not None else jnp.asarray
+    put = (lambda a: _put_rows(a, mesh)) if mesh is not None else jnp.asarray
     tokens, logp, raw, rmask, stopped = (put(a) for a in (o["tokens"], o["logp"], o["raw"], o["mask"], stopped))
     steps = jnp.int32(steps)
   else:

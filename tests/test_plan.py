@@ -145,3 +145,24 @@ def test_scale_config_keys_are_checked():
       config.validate(c)
     c[section][name] = old
   config.validate(c)
+
+
+def test_decode_roofline_fraction_counts_unfilled_slots_and_logits():
+  """decode_roofline_frac = (weights + filled KV slots per step) / (what the decode reads), re-derived by hand for
+  one chunk covering all N steps (every step reads the N-slot cache) and for chunks of 16 (bucketed slots)."""
+  hf = dict(model_type="llama", vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False)
+  cfg = plan.trainer_model_config(hf, _config().model)
+  P, G, L, N, n = 4, 8, 32, 64, 2
+  B = P * G
+  w = plan.param_counts(cfg)["total"] * 4                       # f32 compute dtype of the tiny config
+  kv = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 2   # bytes per token slot (bf16 cache)
+  ideal = sum(w + (P * L + B * (t + 1)) * kv / n for t in range(N))
+  one_chunk = N * (w + ((P * L + B * N) * kv + B * 512 * 12) / n)
+  est = plan.analytic_sample(cfg, dict(P=P, L=L, N=N, B=B, C=N), n, 1, 2)
+  assert est["decode_roofline_frac"] == pytest.approx(ideal / one_chunk, rel=1e-9)
+  slots = [16, 32, 64, 64]   # bucket(t0 + 16, 16) for the chunks starting at t0 = 0, 16, 32, 48
+  chunked = sum(16 * (w + ((P * L + B * a) * kv + B * 512 * 12) / n) for a in slots)
+  est = plan.analytic_sample(cfg, dict(P=P, L=L, N=N, B=B, C=16), n, 1, 2)
+  assert est["decode_roofline_frac"] == pytest.approx(ideal / chunked, rel=1e-9)
+  assert ideal / one_chunk < est["decode_roofline_frac"] < 1

@@ -5,7 +5,8 @@ token-mean, no KL. The paper's other arms are other algos: edit `scale.base("nsr
 
   python -m experiments.plan --model experiments/model_configs/qwen2.5-math-7b.json --topology v5p:2x2x2 \
       --config experiments/configs/paper/nsr_qwen2.5_math_7b.py
-Memory (analytic, docs/scaling.md): fits v5p:2x2x2 with FSDP over all chips; on v6e:2x4 the sampler (512 rows
+Mesh: FSDP over all chips (scale.base). Memory: the update compiled for v5p:2x2x2 needs 34.9 GiB per chip (of 95;
+docs/scaling.md); analytic for the rest: fits v5p:2x2x2 with FSDP over all chips; on v6e:2x4 the sampler (512 rows
 x 3.6k tokens of KV + gathered bf16 weights) is at the 32 GiB limit; not on v5e (16 GiB).
 """
 from experiments.configs.paper import scale

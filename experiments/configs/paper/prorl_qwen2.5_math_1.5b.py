@@ -4,6 +4,10 @@ that is reset periodically (with the optimizer), DAPO dynamic sampling, 8k-token
 
   python -m experiments.plan --model experiments/model_configs/qwen2.5-math-1.5b.json --topology v5e:2x4 \
       --config experiments/configs/paper/prorl_qwen2.5_math_1.5b.py
+Mesh: FSDP over all chips (scale.base). Memory (compiled, docs/scaling.md): update 14.9 GiB, log-probs 5.9 GiB
+per chip on v5e:2x4; the sampler's last chunk holds 512 rows x 8192 slots of KV = 14 GiB per chip, 15.6 GiB in
+all by XLA's count: at the limit of v5e's 16 GiB chips. Use v6e:2x4 / v5p:2x2x2, or on v5e:2x4 set
+--config.rollout.prompts_per_step=16 (the sampler pads prompts to a power of two).
 """
 from experiments.configs.paper import scale
 
