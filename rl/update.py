@@ -16,9 +16,10 @@ Work that cannot change the update is skipped, exactly (tests/test_update_skips.
   - without old_logp (one update per step: ppo_epochs = minibatches = 1) the old policy is the current one:
     the loss uses stop_gradient of the update's own forward (ratio 1), no separate forward pass;
   - `live_rows`: rows with keep False, no valid token, or (without a KL / entropy term) a zero advantage add
-    exactly 0 to the loss and the gradient; run_epochs leaves them out of the forward/backward, compacts the
-    others to a bucketed row count and keeps the full minibatch's loss denominators; a minibatch with no live
-    row is not applied at all (no optimizer step; counted in `skipped_zero_adv`);
+    exactly 0 to the loss and the gradient; run_epochs moves the others to the front of the minibatch and the
+    update skips (lax.cond) the micro-batches left without a kept token, keeping the full minibatch's loss
+    denominators and one compiled shape; a minibatch with no live row is not applied at all (no optimizer
+    step; counted in `skipped_zero_adv`);
   - trim: the columns after the longest live response and before the longest live prompt (left padding) are
     cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing).
 
@@ -132,10 +133,10 @@ def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False):
   idx = np.arange(n) if rows is None else np.nonzero(rows)[0]
   if not len(idx):
     return np.zeros((n, T), np.float32)
-  if rows is not None or trim:   # a Python loop over micro-batches: pad to a multiple of micro (or a bucket)
-    sub = compact(sub, idx, -(-len(idx) // micro) * micro if micro else bucket_rows(len(idx), 0, n), trim=trim)
+  micro = split_micro(micro, n, rows is not None)
+  if rows is not None or trim:   # a Python loop over micro-batches of one shape: pad to a multiple of micro
+    sub = compact(sub, idx, -(-len(idx) // micro) * micro, trim=trim)
   m = len(sub["tokens"])
-  micro = micro or m
   parts = []
   for s in range(0, m, micro):
     piece = {k: v[s:s + micro] for k, v in sub.items()}
@@ -169,14 +170,13 @@ def zero_adv_has_gradient(lc):
   return bool((lc.kl_kind != "none" and lc.kl_coef != 0) or lc.entropy_coef != 0)
 
 
-def bucket_rows(n, micro, total):
-  """Row count of a compacted minibatch of n live rows (`run_epochs`). With micro > 0: `total` (the minibatch
-  size: the update skips micro-batches without a kept token at run time, so the compiled shape never changes
-  and only ceil(n / micro) micro-batches are computed); with micro = 0 (one micro-batch): a power of two >= 8,
-  at most total (one compilation per bucket)."""
+def split_micro(micro, rows, skipping):
+  """Rows per micro-batch: config.train.micro_batch_size, or with 0 (the whole minibatch at once) a quarter of the
+  minibatch when rows are skipped (whole micro-batches without a live row are then not computed, at one compiled
+  shape; exact: the loss denominators are the minibatch's) and `rows` splits in 4, else all `rows`."""
   if micro:
-    return max(int(total), micro)
-  return min(sampling.bucket(int(n), 8), int(total))
+    return micro
+  return rows // 4 if skipping and rows % 4 == 0 and rows >= 8 else rows
 
 
 def compact(arrays, idx, n_rows, *, trim):
@@ -315,9 +315,10 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
   """config.train.ppo_epochs x minibatches updates over `arrays` (N rows) -> (params, opt_state, metrics).
 
   Minibatches are a fresh permutation of the rows per epoch (seeded by (seed, step)), each split into
-  micro-batches of tc.micro_batch_size rows. rows: bool [N] (`live_rows`) or None (all): each minibatch keeps
-  only these rows, compacted to `bucket_rows` rows, with the loss denominators of the whole minibatch (agg:
-  config.loss.agg); a minibatch without any is not applied. trim: cut all-pad columns (`compact`).
+  micro-batches of tc.micro_batch_size rows (`split_micro`). rows: bool [N] (`live_rows`) or None (all): each
+  minibatch moves these rows to its front (`compact`; the update skips the micro-batches left without a kept
+  token), with the loss denominators of the whole minibatch (agg: config.loss.agg); a minibatch without any is
+  not applied. trim: cut all-pad columns (`compact`).
   metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
   many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
   sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
@@ -326,7 +327,7 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
   """
   n, T = arrays["tokens"].shape
   mb_rows = n // tc.minibatches
-  micro = tc.micro_batch_size or mb_rows
+  micro = split_micro(tc.micro_batch_size, mb_rows, rows is not None)
   perm_rng = np.random.default_rng([seed, step])
   mets, skipped_zero, fwd_rows, width = [], 0, 0, 0
   for epoch in range(tc.ppo_epochs):
@@ -340,13 +341,11 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
         if not len(live):
           skipped_zero += 1
           continue
-        sub = compact(sub, live, bucket_rows(len(live), tc.micro_batch_size, mb_rows), trim=trim)
-      rows_k = len(sub["tokens"])
-      micro_k = micro if tc.micro_batch_size else rows_k
-      busy = (sub["mask"] & sub["keep"][:, None]).any(1).reshape(-1, micro_k).any(1)   # micro-batches computed
-      fwd_rows += int(busy.sum()) * micro_k if epoch == 0 else 0
+        sub = compact(sub, live, mb_rows, trim=trim)
+      busy = (sub["mask"] & sub["keep"][:, None]).any(1).reshape(-1, micro).any(1)   # micro-batches computed
+      fwd_rows += int(busy.sum()) * micro if epoch == 0 else 0
       width = max(width, sub["prompt"].shape[1] + sub["tokens"].shape[1])
-      mb = {key: v.reshape(rows_k // micro_k, micro_k, *v.shape[1:]) for key, v in sub.items()}
+      mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}
       t0 = announce("the update", update, mb)
       params, opt_state, met = update(params, opt_state, put(mb, mesh, axis=1), hp, denoms)
       if t0 is not None:

@@ -105,7 +105,8 @@ def test_skips_give_the_same_parameters(tiny, algo):
     assert live.sum() == N - 1
   else:
     assert 1 <= live.sum() < N - 1
-  assert m_skip["update_rows"] == update.bucket_rows(live.sum(), 0, N) and m_full["update_rows"] == N
+  # micro_batch_size 0 with skipped rows: 4 micro-batches of N/4 rows, those without a live row not computed
+  assert m_skip["update_rows"] == -(-live.sum() // (N // 4)) * (N // 4) and m_full["update_rows"] == N
   assert m_skip["update_width"] == 8 + 16 < m_full["update_width"] == L + T
   assert moved(p_full, tiny[1]) > 1e-4                                      # the update does something
   assert max_diff(p_skip, p_full) < 1e-6 * max(1.0, moved(p_full, tiny[1]))
@@ -153,9 +154,9 @@ def test_no_live_row_skips_the_optimizer_step(tiny):
   assert m_full["grad_norm"] == 0.0
 
 
-def test_bucketing():
-  assert [update.bucket_rows(n, 0, 64) for n in (1, 8, 9, 33, 64)] == [8, 8, 16, 64, 64]
-  assert [update.bucket_rows(n, 16, 32) for n in (1, 16, 17, 32)] == [32] * 4   # empty micro-batches: skipped
+def test_split_and_compact():
+  assert update.split_micro(8, 64, True) == 8 and update.split_micro(0, 64, False) == 64
+  assert update.split_micro(0, 64, True) == 16 and update.split_micro(0, 6, True) == 6
   arrays = make_arrays("grpo")
   out = update.compact(arrays, np.array([0, 3, 5]), 8, trim=True)
   assert out["tokens"].shape == (8, 16) and out["prompt"].shape == (8, 8)
