@@ -117,7 +117,12 @@ def hf_dir(args):
     d, f = os.path.dirname(gguf), os.path.basename(gguf)
     model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model.save_pretrained(path)
+    cfg = model.config   # a GGUF-loaded model counts as quantized and refuses save_pretrained: copy its weights
+    if hasattr(cfg, "quantization_config"):
+      del cfg.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(path)
     tok.save_pretrained(path)
   return path
 
@@ -202,9 +207,12 @@ def main():
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side] + [a for a in sys.argv[1:] if a != "--side"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if p.returncode:
-      sys.exit(f"bench_step: the {side} side failed (exit {p.returncode})")
-    results[side] = {**summarise(json.loads(p.stdout.strip().splitlines()[-1])), "process_s": time.perf_counter() - t0}
+    if p.returncode:   # the other side's results are still reported
+      print(f"bench_step: the {side} side failed (exit {p.returncode})", file=sys.stderr)
+      continue
+    raw = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"[{side}] {json.dumps(raw)}", file=sys.stderr, flush=True)   # per-step record, kept if a later side fails
+    results[side] = {**summarise(raw), "process_s": time.perf_counter() - t0}
   load = os.getloadavg()
   print(f"\n{machine_name()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the end; "
         f"P={args.prompts} G={args.group} N={args.new_tokens}, micro-batch {args.micro}, {args.steps} steps per side "
