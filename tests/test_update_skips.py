@@ -138,7 +138,9 @@ def test_several_minibatches_and_epochs(tiny):
   tx = optax.adam(1e-3)
   p_full, _ = one_step(tiny, c, arrays, tx, rows=False, fused=False, trim=False)
   p_skip, m = one_step(tiny, c, arrays, tx, rows=True, fused=False, trim=True)
-  assert max_diff(p_skip, p_full) < 1e-6
+  # Adam divides by sqrt(nu): float-level gradient differences on near-zero gradients grow to ~1e-6 after
+  # 4 updates of lr 1e-3 (measured 2.9e-6, i.e. 0.07 % of the ~4e-3 the parameters move)
+  assert max_diff(p_skip, p_full) < 1e-5
   assert moved(p_full, tiny[1]) > 1e-4 and m["skipped_zero_adv"] == 0
 
 
