@@ -115,6 +115,10 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       micro_batch_size=0,      # samples per gradient-accumulation increment (0 = the whole minibatch)
       max_skipped_updates=3,   # stop (one-line error naming the step) after this many non-finite updates in a row
       spike_threshold=10.0,    # warn + metric when grad_norm exceeds this x its running mean (0 = off)
+      # exact skips (rl.update): the loss and gradient are the same with or without them
+      skip_zero_adv_rows=True,   # leave rows with keep=False / zero advantage (without KL / entropy terms) out
+      fused_old_logp=True,       # one update per step: old log-probs = stop_gradient of the update's forward
+      trim_padding=True,         # cut all-pad response / prompt columns of the update (bucketed widths)
   ))
   c.ref = ml_collections.ConfigDict(dict(
       reset_every=0,           # ProRL: new reference every N steps (0 = never)

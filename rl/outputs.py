@@ -156,10 +156,14 @@ class MetricsWriter:
 
 
 def step_metrics(batch, old_logp, upd, info, *, lr, is_sft):
-  """The per-step row: statistics of the Batch, |sampler - trainer| log-prob gap (old_logp f32 [N,T]), the
-  update's metrics `upd` (rl.update.run_epochs) and `info` (rollout / filter metrics, timings)."""
+  """The per-step row: statistics of the Batch, |sampler - trainer| log-prob gap (old_logp f32 [N,T], or None:
+  upd["sampler_logp_diff"], over the rows the update forwarded), the update's metrics `upd`
+  (rl.update.run_epochs) and `info` (rollout / filter metrics, timings)."""
   sampled = batch.mask * (~batch.injected)[:, None]
-  lp_diff = np.abs(batch.logprobs - old_logp) * sampled
+  if old_logp is None:
+    gap = upd["sampler_logp_diff"]
+  else:
+    gap = float((np.abs(batch.logprobs - old_logp) * sampled).sum() / max(float(sampled.sum()), 1.0))
   out = {
       "reward/mean": float(batch.reward.mean()), "reward/shaped_mean": float(batch.shaped_reward.mean()),
       "acc/mean": float(batch.correct.mean()),
@@ -172,7 +176,7 @@ def step_metrics(batch, old_logp, upd, info, *, lr, is_sft):
       "kl/approx_old": upd["approx_kl"], "kl/ref": upd["ref_kl"], "entropy": upd["entropy"],
       "grad_norm": upd["grad_norm"], "update_norm": upd["update_norm"], "updates/skipped": int(upd["skipped"]),
       "lr": lr,
-      "sampler_logp_diff": 0.0 if is_sft else float(lp_diff.sum() / max(float(sampled.sum()), 1.0)),
+      "sampler_logp_diff": 0.0 if is_sft else float(gap),
       **info,
   }
   if not is_sft:   # sampler-trainer mismatch (rl.losses.mismatch_weights)

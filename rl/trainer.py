@@ -7,10 +7,13 @@ One step (`Trainer.train_step`; every method is a config of this one loop, see r
   rollout.collect      draw P prompts -> sampling.generate (G samples each) -> decode -> score (worker pool)
                        -> DAPO dynamic-sampling refill -> offline solution injection          => Batch
   algorithms.postprocess   reward shaping -> advantages + keep masks by config.algo -> DASH filter
-  update.forward       old (and reference) log-probs of the sampling distribution, one jitted forward
+  update.forward       old (and reference) log-probs of the sampling distribution, one jitted forward (no old
+                       forward with one update per step: the update uses its own, train.fused_old_logp)
   update.run_epochs    ppo_epochs x minibatches of one jitted update each (micro-batches accumulated with
-                       the minibatch's global loss denominators; an update with a non-finite loss, gradient
-                       or result is not applied; `train.max_skipped_updates` in a row stop the run)
+                       the minibatch's global loss denominators; rows that cannot change the update are left
+                       out, train.skip_zero_adv_rows, and all-pad columns cut, train.trim_padding; an update
+                       with a non-finite loss, gradient or result is not applied; `train.max_skipped_updates`
+                       in a row stop the run)
   outputs.step_metrics the metrics row -> metrics.jsonl / TensorBoard / W&B; samples.jsonl
 
 State: one pytree {params, opt_state, ref_params?, step, rng} + a JSON dict {data iterator position, reference
@@ -174,10 +177,14 @@ class Trainer:
     arrays, times = self.logprobs(state, batch)                              # old (+ reference) log-probs
     t1 = time.perf_counter()
     params, opt_state, upd = update.run_epochs(self.update, state["params"], state["opt_state"], arrays, self.hp,
-                                               c.train, seed=c.seed, step=step, mesh=self.mesh)   # optax
+                                               c.train, seed=c.seed, step=step, mesh=self.mesh,
+                                               rows=arrays.pop("live", None), trim=c.train.trim_padding,
+                                               agg=c.loss.agg)   # optax
     times["time/update"], times["time/step"] = time.perf_counter() - t1, time.perf_counter() - t0
     times["tokens_per_s"] = float(batch.mask.sum()) / max(times["time/step"], 1e-9)
-    row = outputs.step_metrics(batch, arrays["old_logp"], upd, {**info, **filter_info, **times},
+    times.update({"updates/skipped_zero_adv": int(upd["skipped_zero_adv"]), "update/rows": int(upd["update_rows"]),
+                  "update/width": int(upd["update_width"])})
+    row = outputs.step_metrics(batch, None, upd, {**info, **filter_info, **times},
                                lr=float(self.schedule(step * self.updates_per_step)), is_sft=not self.algo.rollout)
     row["ref/source_step"] = self.meta["ref_source_step"]
     self._guard(step + 1, row, upd)
@@ -212,17 +219,24 @@ class Trainer:
       g["n"] += 1
 
   def logprobs(self, state, batch):
-    """The Batch's arrays for rl.update plus old_logp (and ref_logp) f32 [N,T] -> (arrays, timings)."""
+    """The Batch's arrays for rl.update (+ `live` bool [N]: the rows that can change the update, when
+    train.skip_zero_adv_rows) plus old_logp f32 [N,T] unless the update computes it itself (one update per step
+    and train.fused_old_logp), and ref_logp f32 [N,T] with a KL term -> (arrays, timings).
+    Rows outside `live` get no old / reference forward (their log-probs are 0)."""
+    c = self.c
     arrays = {k: getattr(batch, k) for k in ("prompt", "prompt_mask", "tokens", "mask", "keep", "adv", "logprobs")}
-    t0 = time.perf_counter()
-    arrays["old_logp"] = update.forward(self.logp_fn, state["params"], arrays, self.c.train.micro_batch_size, self.mesh)
-    t1 = time.perf_counter()
-    if self.use_ref and self.c.loss.kl_kind != "none":
-      arrays["ref_logp"] = update.forward(self.logp_fn, state["ref_params"], arrays, self.c.train.micro_batch_size,
-                                          self.mesh)
     # rows the sampler did not draw (injected solutions, SFT) have no sampler log-probs: no mismatch correction
-    arrays["logprobs"] = np.where((batch.injected | (not self.algo.rollout))[:, None], arrays["old_logp"],
-                                  batch.logprobs).astype(np.float32)
+    arrays["sampled"] = ~batch.injected & self.algo.rollout
+    live = update.live_rows(arrays, update.zero_adv_has_gradient(c.loss)) if c.train.skip_zero_adv_rows else None
+    fwd = dict(micro=c.train.micro_batch_size, mesh=self.mesh, rows=live, trim=c.train.trim_padding)
+    t0 = time.perf_counter()
+    if not (c.train.fused_old_logp and self.updates_per_step == 1):
+      arrays["old_logp"] = update.forward(self.logp_fn, state["params"], arrays, **fwd)
+    t1 = time.perf_counter()
+    if self.use_ref and c.loss.kl_kind != "none":
+      arrays["ref_logp"] = update.forward(self.logp_fn, state["ref_params"], arrays, **fwd)
+    if live is not None:
+      arrays["live"] = live
     return arrays, {"time/old_logp": t1 - t0, "time/reference": time.perf_counter() - t1}
 
   # ------------------------------------------------------------------------ evaluation

@@ -9,7 +9,19 @@
 `arrays` is a dict of numpy arrays named as the fields of `rl.rollout.Batch` (N rows, T response tokens,
 L prompt tokens): prompt int32 [N,L], prompt_mask bool [N,L], tokens int32 [N,T], mask bool [N,T] (valid
 response tokens), keep bool [N] (rows that enter the loss), adv f32 [N], logprobs f32 [N,T] (the sampler's
-log-probs, for the mismatch correction), plus old_logp f32 [N,T] and optionally ref_logp f32 [N,T].
+log-probs, for the mismatch correction), optionally sampled bool [N] (rows the sampler drew: the others,
+injected solutions and SFT rows, get no mismatch correction), old_logp f32 [N,T] and ref_logp f32 [N,T].
+
+Work that cannot change the update is skipped, exactly (tests/test_update_skips.py):
+  - without old_logp (one update per step: ppo_epochs = minibatches = 1) the old policy is the current one:
+    the loss uses stop_gradient of the update's own forward (ratio 1), no separate forward pass;
+  - `live_rows`: rows with keep False, no valid token, or (without a KL / entropy term) a zero advantage add
+    exactly 0 to the loss and the gradient; run_epochs moves the others to the front of the minibatch and the
+    update skips (lax.cond) the micro-batches left without a kept token, keeping the full minibatch's loss
+    denominators and one compiled shape; a minibatch with no live row is not applied at all (no optimizer
+    step; counted in `skipped_zero_adv`);
+  - trim: the columns after the longest live response and before the longest live prompt (left padding) are
+    cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing).
 
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
@@ -24,6 +36,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
+import sampling
 from models import sharding
 from rl import losses
 from rl.outputs import note
@@ -109,19 +122,99 @@ def make_logp_fn(graphdef, sampling):
   return jax.jit(lambda params, x: seq_logprobs(graphdef, params, x, sampling))
 
 
-def forward(logp_fn, params, arrays, micro, mesh):
-  """Response log-probs f32 [N,T] (numpy) in micro-batches of `micro` rows (0 = all at once)."""
-  n = len(arrays["tokens"])
-  micro = micro or n
+def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False):
+  """Response log-probs f32 [N,T] (numpy) in micro-batches of `micro` rows (0 = all at once).
+
+  rows: bool [N] or None (all): only these rows are computed (compacted to a bucketed count, see `compact`);
+  the others are 0. trim: cut all-pad response / prompt columns first (see `compact`)."""
   keys = ("prompt", "prompt_mask", "tokens", "mask")
+  n, T = arrays["tokens"].shape
+  sub = {k: arrays[k] for k in keys}
+  idx = np.arange(n) if rows is None else np.nonzero(rows)[0]
+  if not len(idx):
+    return np.zeros((n, T), np.float32)
+  micro = split_micro(micro, n, rows is not None)
+  if rows is not None or trim:   # a Python loop over micro-batches of one shape: pad to a multiple of micro
+    sub = compact(sub, idx, -(-len(idx) // micro) * micro, trim=trim)
+  m = len(sub["tokens"])
   parts = []
-  for s in range(0, n, micro):
-    piece = {k: arrays[k][s:s + micro] for k in keys}
+  for s in range(0, m, micro):
+    piece = {k: v[s:s + micro] for k, v in sub.items()}
     t0 = announce("the trainer's log-prob forward", logp_fn, piece)
     parts.append(sharding.to_host(logp_fn(params, put(piece, mesh))[0]))   # multi-process: gathered
     if t0 is not None:
       note(f"  compiled and ran in {time.perf_counter() - t0:.1f} s")
-  return np.concatenate(parts, 0)
+  out = np.zeros((n, T), np.float32)
+  logp = np.concatenate(parts, 0)[:len(idx)]
+  out[idx, :logp.shape[1]] = logp
+  return out
+
+
+# ============================================================================ exact skips (host side)
+
+def live_rows(arrays, zero_adv_grad):
+  """bool [N]: the rows that can change the update: kept, with a valid token and, unless `zero_adv_grad`, a
+  non-zero advantage (adv [N] or [N,T]). Every policy-gradient term of rl.losses.policy_loss is a multiple of the
+  advantage (also after clipping, dual clip, GSPO / CISPO and the mismatch weights), so a zero-advantage row adds
+  exactly 0 to the loss and the gradient unless a KL or entropy term is on: zero_adv_grad = kl_coef != 0 with
+  a reference, or entropy_coef != 0 (`zero_adv_has_gradient`)."""
+  live = np.asarray(arrays["keep"], bool) & np.asarray(arrays["mask"], bool).any(1)
+  if not zero_adv_grad:
+    adv = np.asarray(arrays["adv"])
+    live &= (adv != 0) if adv.ndim == 1 else (adv != 0).any(1)   # NaN != 0: NaN rows stay (the guard sees them)
+  return live
+
+
+def zero_adv_has_gradient(lc):
+  """config.loss -> whether zero-advantage rows still carry a gradient (KL to a reference, entropy bonus)."""
+  return bool((lc.kl_kind != "none" and lc.kl_coef != 0) or lc.entropy_coef != 0)
+
+
+def split_micro(micro, rows, skipping):
+  """Rows per micro-batch: config.train.micro_batch_size, or with 0 (the whole minibatch at once) a quarter of the
+  minibatch when rows are skipped (whole micro-batches without a live row are then not computed, at one compiled
+  shape; exact: the loss denominators are the minibatch's) and `rows` splits in 4, else all `rows`."""
+  if micro:
+    return micro
+  return rows // 4 if skipping and rows % 4 == 0 and rows >= 8 else rows
+
+
+def compact(arrays, idx, n_rows, *, trim):
+  """The rows `idx` of arrays [N,...], padded to n_rows by copies of row idx[0] with keep = sampled = False
+  (finite inputs, zero loss weight), optionally with all-pad columns cut.
+
+  trim: response columns (axis 1 of tokens, mask, logprobs, old_logp, ref_logp) cut after the longest response
+  among idx (bucketed: sampling.bucket(., 16)), prompt columns (prompt, prompt_mask) cut before the longest prompt
+  (bucketed: sampling.bucket(., 8)); both never wider than before.
+  """
+  idx = np.asarray(idx)
+  pad = n_rows - len(idx)
+  take = np.concatenate([idx, np.full(pad, idx[0])]) if pad > 0 else idx
+  out = {k: v[take] for k, v in arrays.items()}
+  if pad > 0:
+    for k in ("keep", "sampled"):
+      if k in out:
+        out[k] = out[k].copy()
+        out[k][len(idx):] = False
+  if trim:
+    T, L = out["tokens"].shape[1], out["prompt"].shape[1]
+    cols = np.nonzero(out["mask"][:len(idx)].any(0))[0]
+    t = min(T, sampling.bucket(int(cols[-1]) + 1 if len(cols) else 1, 16))
+    pcols = np.nonzero(out["prompt_mask"][:len(idx)].any(0))[0]
+    l = min(L, sampling.bucket(L - int(pcols[0]) if len(pcols) else 1, 8))
+    for k in ("tokens", "mask", "logprobs", "old_logp", "ref_logp"):
+      if k in out:
+        out[k] = out[k][:, :t]
+    for k in ("prompt", "prompt_mask"):
+      out[k] = out[k][:, L - l:]
+  return out
+
+
+def host_denominators(mask, agg, max_len):
+  """Loss denominators of a whole minibatch (mask & keep, bool [n,T]) as device scalars, plus max_len (the
+  Dr.GRPO normaliser: the uncut response width) -> dict for update(..., denoms)."""
+  d = losses.loss_denominators(np.asarray(mask, np.float32), agg)
+  return {**{k: jnp.float32(v) for k, v in d.items()}, "max_len": jnp.float32(max_len)}
 
 
 def loss_static(lc):
@@ -138,7 +231,7 @@ def loss_hparams(lc):
   return {k: jnp.float32(lc[k]) for k in HPARAMS}
 
 
-_SUMMED = ("pg_loss", "kl_loss", "entropy_loss", "num_tokens")   # global-denominator parts: sum over micro-batches
+_SUMMED = ("pg_loss", "kl_loss", "entropy_loss", "num_tokens", "lp_gap_sum", "lp_gap_tokens")   # sums over micro-batches
 _MAXED = ("is_ratio_max",)
 
 
@@ -149,31 +242,53 @@ def all_finite(tree):
 
 
 def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
-  """-> jitted update(params, opt_state, mb, hp) with mb arrays [M, micro, ...] (M micro-batches of a minibatch).
+  """-> jitted update(params, opt_state, mb, hp, denoms=None) with mb arrays [M, micro, ...] (M micro-batches).
 
-  mb: the `arrays` of the module docstring (old_logp required, ref_logp optional). hp: loss_hparams.
-  static: loss_static. sampling: static (temperature, top_k, top_p).
-  Returns (params, opt_state, metrics). The update is not applied (params/opt_state returned unchanged,
-  metrics skipped=1) unless the loss, the gradient, the update (its global norm: lr=1e30 overflows it) and
-  every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
+  mb: the `arrays` of the module docstring. Without old_logp the old policy is the current one: the loss uses
+  stop_gradient of this forward (on-policy ratio 1; only valid for one update per batch). With `sampled`, rows
+  not drawn by the sampler use the old log-probs as sampler log-probs (no mismatch correction for them).
+  hp: loss_hparams. denoms: None (the loss denominators of mb itself) or `host_denominators` of the whole
+  minibatch mb was compacted from. static: loss_static. sampling: static (temperature, top_k, top_p).
+  Returns (params, opt_state, metrics); metrics include lp_gap_sum / lp_gap_tokens: sum of |sampler - old|
+  log-prob over the sampled kept tokens and their count. A micro-batch without any kept valid token is not
+  computed (lax.cond: its loss, gradient and metrics are exactly 0), so compacted minibatches padded with such
+  rows cost only their live micro-batches. The update is not applied (params/opt_state returned
+  unchanged, metrics skipped=1) unless the loss, the gradient, the update (its global norm: lr=1e30 overflows
+  it) and every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
   donate: donate the params and opt_state buffers to the outputs (the caller must not use the inputs
   afterwards: pass copies to keep them); without it every update allocates a second copy of both.
   """
-  def loss_fn(params, x, hp, denoms, max_len):
+  sg = jax.lax.stop_gradient
+
+  def loss_fn(params, x, hp, denoms):
     logp, ent = seq_logprobs(graphdef, params, x, sampling)
-    m = (x["mask"] & x["keep"][:, None]).astype(jnp.float32)
-    return losses.policy_loss(logp, x["old_logp"], x["adv"], m, max_len=max_len, ref_logp=x.get("ref_logp"),
-                              entropy=ent, sampler_logp=x["logprobs"], **static, **hp, **denoms)
+    m = x["mask"] & x["keep"][:, None]
+    old = x["old_logp"] if "old_logp" in x else sg(logp)
+    slp, drawn = x["logprobs"], m
+    if "sampled" in x:
+      slp = jnp.where(x["sampled"][:, None], slp, sg(old))
+      drawn = m & x["sampled"][:, None]
+    loss, met = losses.policy_loss(logp, old, x["adv"], m.astype(jnp.float32), ref_logp=x.get("ref_logp"),
+                                   entropy=ent, sampler_logp=slp, **static, **hp, **denoms)
+    drawn = drawn.astype(jnp.float32)
+    met["lp_gap_sum"] = (jnp.abs(x["logprobs"] - sg(old)) * drawn).sum()
+    met["lp_gap_tokens"] = drawn.sum()
+    return loss, met
 
   @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
-  def update(params, opt_state, mb, hp):
+  def update(params, opt_state, mb, hp, denoms=None):
     max_len = mb["tokens"].shape[-1]
-    m = mb["mask"] & mb["keep"][..., None]
-    denoms = losses.loss_denominators(m.reshape(-1, max_len), static["agg"])
+    if denoms is None:
+      m = mb["mask"] & mb["keep"][..., None]
+      denoms = dict(losses.loss_denominators(m.reshape(-1, max_len), static["agg"]), max_len=jnp.float32(max_len))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro(grads, x):
-      (loss, met), g = grad_fn(params, x, hp, denoms, max_len)
+      def nothing(x):   # no kept token: exactly zero loss and gradient, zero metrics (num_tokens 0: weight 0)
+        shapes = jax.eval_shape(grad_fn, params, x, hp, denoms)
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      (loss, met), g = jax.lax.cond((x["mask"] & x["keep"][:, None]).any(),
+                                    lambda x: grad_fn(params, x, hp, denoms), nothing, x)
       return jax.tree.map(jnp.add, grads, g), (loss, met)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -195,33 +310,59 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
   return update
 
 
-def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh):
+def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, rows=None, trim=False,
+               agg="token-mean"):
   """config.train.ppo_epochs x minibatches updates over `arrays` (N rows) -> (params, opt_state, metrics).
 
   Minibatches are a fresh permutation of the rows per epoch (seeded by (seed, step)), each split into
-  micro-batches of tc.micro_batch_size rows. metrics: floats averaged over the updates (is_ratio_max: max,
-  skipped: summed; skipped_trailing: how many of the last updates were skipped in a row).
+  micro-batches of tc.micro_batch_size rows (`split_micro`). rows: bool [N] (`live_rows`) or None (all): each
+  minibatch moves these rows to its front (`compact`; the update skips the micro-batches left without a kept
+  token), with the loss denominators of the whole minibatch (agg: config.loss.agg); a minibatch without any is
+  not applied. trim: cut all-pad columns (`compact`).
+  metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
+  many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
+  sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
+  update_rows: rows computed per epoch (whole micro-batches with a kept token; padding included);
+  update_width: largest prompt + response width).
   """
-  n = len(arrays["adv"])
+  n, T = arrays["tokens"].shape
   mb_rows = n // tc.minibatches
-  micro = tc.micro_batch_size or mb_rows
+  micro = split_micro(tc.micro_batch_size, mb_rows, rows is not None)
   perm_rng = np.random.default_rng([seed, step])
-  mets = []
-  for _ in range(tc.ppo_epochs):
+  mets, skipped_zero, fwd_rows, width = [], 0, 0, 0
+  for epoch in range(tc.ppo_epochs):
     order = perm_rng.permutation(n) if tc.minibatches > 1 else np.arange(n)
     for k in range(tc.minibatches):
       idx = order[k * mb_rows:(k + 1) * mb_rows]
-      mb = {key: v[idx].reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in arrays.items()}
+      denoms, sub = None, {key: v[idx] for key, v in arrays.items()}
+      if rows is not None or trim:
+        denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
+        live = np.nonzero(rows[idx] if rows is not None else np.ones(len(idx), bool))[0]
+        if not len(live):
+          skipped_zero += 1
+          continue
+        sub = compact(sub, live, mb_rows, trim=trim)
+      busy = (sub["mask"] & sub["keep"][:, None]).any(1).reshape(-1, micro).any(1)   # micro-batches computed
+      fwd_rows += int(busy.sum()) * micro if epoch == 0 else 0
+      width = max(width, sub["prompt"].shape[1] + sub["tokens"].shape[1])
+      mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}
       t0 = announce("the update", update, mb)
-      params, opt_state, met = update(params, opt_state, put(mb, mesh, axis=1), hp)
+      params, opt_state, met = update(params, opt_state, put(mb, mesh, axis=1), hp, denoms)
       if t0 is not None:
         jax.block_until_ready(met)
         note(f"  compiled and ran in {time.perf_counter() - t0:.1f} s")
       mets.append(met)
-  mets = jax.tree.map(sharding.to_host, mets)
-  out = {k: float(np.mean([x[k] for x in mets])) for k in mets[0]}
+  mets = jax.tree.map(sharding.to_host, mets)   # multi-process: gathered
+  out = {"skipped_zero_adv": float(skipped_zero), "update_rows": float(fwd_rows), "update_width": float(width)}
+  if not mets:   # nothing could change the parameters: no optimizer step at all
+    return params, opt_state, {**dict.fromkeys(metric_keys(), 0.0), "is_ratio_max": 1.0, "is_ratio_mean": 1.0,
+                               "is_weight_mean": 1.0, "skipped": 0.0, "skipped_trailing": 0.0,
+                               "sampler_logp_diff": 0.0, **out}
+  out.update({k: float(np.mean([x[k] for x in mets])) for k in mets[0]})
   out["is_ratio_max"] = float(np.max([x["is_ratio_max"] for x in mets]))
   out["skipped"] = float(np.sum([x["skipped"] for x in mets]))
+  gap_tokens = float(np.sum([x["lp_gap_tokens"] for x in mets]))
+  out["sampler_logp_diff"] = float(np.sum([x["lp_gap_sum"] for x in mets])) / max(gap_tokens, 1.0)
   trailing = 0   # updates skipped in a row at the end of this step (the trainer adds them up across steps)
   for x in reversed(mets):
     if not x["skipped"]:
@@ -229,3 +370,11 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh):
     trailing += 1
   out["skipped_trailing"] = float(trailing)
   return params, opt_state, out
+
+
+@functools.cache
+def metric_keys():
+  """The names of the update's metrics (those of a step whose every minibatch was skipped are 0)."""
+  loss_keys = jax.eval_shape(lambda: losses.policy_loss(jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1,)),
+                                                        jnp.ones((1, 1)), sampler_logp=jnp.zeros((1, 1))))[1]
+  return tuple(loss_keys) + ("loss", "grad_norm", "update_norm", "lp_gap_sum", "lp_gap_tokens")

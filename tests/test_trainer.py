@@ -107,7 +107,9 @@ def _arrays(t, seed=0):
   b, _ = rollout.collect(t.ctx, t.state["params"], t.it, jax.random.PRNGKey(seed))
   b, _ = algorithms.postprocess(t.c, b)
   arrays, _ = t.logprobs(t.state, b)
-  arrays["old_logp"] = arrays["old_logp"] - 0.05   # off-policy so the clip terms matter
+  arrays.pop("live", None)
+  # one update per step: the trainer leaves old_logp to the update (fused); off-policy here so the clips matter
+  arrays["old_logp"] = update.forward(t.logp_fn, t.state["params"], arrays, 0, t.mesh) - 0.05
   return arrays
 
 
