@@ -161,7 +161,9 @@ def test_decode_roofline_fraction_counts_unfilled_slots_and_logits():
   one_chunk = N * (w + ((P * L + B * N) * kv + B * 512 * 12) / n)
   est = plan.analytic_sample(cfg, dict(P=P, L=L, N=N, B=B, C=N), n, 1, 2)
   assert est["decode_roofline_frac"] == pytest.approx(ideal / one_chunk, rel=1e-9)
-  slots = [16, 32, 64, 64]   # bucket(t0 + 16, 16) for the chunks starting at t0 = 0, 16, 32, 48
+  # chunks start at t0 = 0, 16, 32, 48; each attends n = t0 + 16 slots rounded up to a multiple of
+  # max(16, next_pow2(n) / 4) = 16 here: 16, 32, 48, 64 (sampling.sampler._slots)
+  slots = [16, 32, 48, 64]
   chunked = sum(16 * (w + ((P * L + B * a) * kv + B * 512 * 12) / n) for a in slots)
   est = plan.analytic_sample(cfg, dict(P=P, L=L, N=N, B=B, C=16), n, 1, 2)
   assert est["decode_roofline_frac"] == pytest.approx(ideal / chunked, rel=1e-9)
