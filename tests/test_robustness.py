@@ -214,6 +214,10 @@ def test_group_size_1_is_fine_where_advantages_are_not_group_relative():
   for algo in ("psr", "nsr", "w_reinforce", "sft"):
     c = config.base(algo)
     c.rollout.group_size = 1
+    assert config.validate(c).rollout.group_size == 1   # accepted (validate raises on a bad value)
+  c = config.base("grpo")
+  c.rollout.group_size = 1
+  with pytest.raises(ValueError, match="group_size"):   # group-relative advantages need G >= 2
     config.validate(c)
 
 
