@@ -33,6 +33,7 @@ import numpy as np
 from rl import config as config_lib
 from rl import evaluation, outputs, trainer
 from rl.outputs import read_jsonl
+from rl.rewards.pool import pid_alive
 
 SCALES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "repro")
 
@@ -130,7 +131,7 @@ def run_once(c, workdir, what):
     fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
   except FileExistsError:
     pid = int(open(lock).read().strip() or 0)
-    if pid and _alive(pid):
+    if pid and pid_alive(pid):
       print(f"[repro] {what}: being trained by process {pid}, skipped", file=sys.stderr)
       return None
     os.remove(lock)   # left by a process that died: take the run over (the trainer resumes its checkpoint)
@@ -149,16 +150,6 @@ def run_once(c, workdir, what):
   finally:
     os.remove(lock)
   return info
-
-
-def _alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def make_base(scale, workdir, sft_sets):

@@ -167,15 +167,8 @@ def plot_pass_at_k(results, path, *, title="pass@k", show_maj=True):
   ax.set_xscale("log", base=2)
   all_ks = sorted({k for res in results.values() for k in res["ks"]})
   ax.set_xticks(all_ks, [str(k) for k in all_ks])
-  ax.set_xlabel("k")
-  ax.set_ylabel("accuracy")
   ax.set_ylim(0, 1.02)
-  ax.set_title(title)
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(str(path), format="png")
-  return str(path)
+  return _finish(fig, ax, path, "k", "accuracy", title)
 
 
 def plot_pass_at_k_curves(evals, ks, path, *, max_curves=6, prefix="eval/"):
@@ -266,6 +259,11 @@ def plot_bands(curves, path, *, xlabel, ylabel, title="", logx=False, ylim=None)
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
   if ylim:
     ax.set_ylim(*ylim)
+  return _finish(fig, ax, path, xlabel, ylabel, title)
+
+
+def _finish(fig, ax, path, xlabel, ylabel, title):
+  """Labels, grid and legend of a one-axes figure, written as PNG to `path` -> str(path)."""
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)

@@ -99,7 +99,7 @@ def _spawn(args, **kwargs) -> subprocess.Popen:
     return _popen(args, **kwargs)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +119,7 @@ def sweep_stale_tmp(root: str = None) -> int:
         return 0
     for name in names:
         m = _TMP_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             n += 1
     return n
