@@ -15,6 +15,7 @@ A save that fails (disk full, read-only directory, ...) raises `CheckpointSaveEr
 naming the path and the cause; the previous checkpoints are untouched.
 """
 import errno
+import json
 import os
 import shutil
 import sys
@@ -294,13 +295,49 @@ def snapshot_path(workdir: str, step: int) -> str:
   return os.path.join(os.path.abspath(workdir), "ref_snapshots", f"step_{step}")
 
 
+_SNAPSHOT_FINGERPRINTS = "fingerprints.json"   # beside the Orbax files of a snapshot: {leaf path: uint32}
+
+
 def save_snapshot(path: str, params):
-  """Writes a params pytree to `path` (overwriting: a resumed run may redo a reset)."""
+  """Writes a params pytree to `path` (overwriting: a resumed run may redo a reset), with the fingerprint of every
+  leaf in `path/fingerprints.json` (written by process 0 after the Orbax files), which `load_snapshot` checks."""
+  fps, bad = state_stats(params)
+  if bad:
+    raise NonFiniteStateError(f"not saving reference snapshot {path}: non-finite values in "
+                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path, params, force=True)
-  ckptr.wait_until_finished()
+  try:
+    ckptr.save(path, params, force=True)
+    ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+      tmp = os.path.join(path, _SNAPSHOT_FINGERPRINTS + ".tmp")
+      with open(tmp, "w") as f:
+        json.dump({"format": 1, "fingerprints": fps}, f)
+      os.replace(tmp, os.path.join(path, _SNAPSHOT_FINGERPRINTS))
+  except Exception as e:
+    raise CheckpointSaveError(f"saving reference snapshot {path} failed: {_save_cause(e, path)}") from e
 
 
 def load_snapshot(path: str, like):
-  """-> params pytree restored from `path` with the structure/shardings of `like`."""
-  return ocp.StandardCheckpointer().restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+  """-> params pytree restored from `path` with the structure/shardings of `like`, verified against the
+  fingerprints written with it (DamagedCheckpointError, one line, if it does not restore or does not match;
+  a snapshot written before fingerprints existed is only checked for finite values)."""
+  try:
+    params = ocp.StandardCheckpointer().restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+  except Exception as e:   # Orbax/TensorStore raise many types for a damaged file
+    raise DamagedCheckpointError(f"reference snapshot {path} does not restore ({_one_line(e)})") from e
+  fps, bad = state_stats(params)
+  if bad:
+    raise DamagedCheckpointError(f"reference snapshot {path} has non-finite values in {', '.join(bad[:3])}")
+  fp_file = os.path.join(path, _SNAPSHOT_FINGERPRINTS)
+  if os.path.exists(fp_file):
+    try:
+      with open(fp_file) as f:
+        want = json.load(f)["fingerprints"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise DamagedCheckpointError(f"reference snapshot {fp_file} is unreadable ({_one_line(e)})") from e
+    wrong = sorted(k for k in set(fps) | set(want) if fps.get(k) != want.get(k))
+    if wrong:
+      raise DamagedCheckpointError(f"reference snapshot {path}: values of {', '.join(wrong[:3])} do not match "
+                                   f"the checksum written with them")
+  return params

@@ -217,3 +217,25 @@ def test_unwritable_workdir_at_start(tmpfs):
   subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
   with pytest.raises(ckpt_lib.CheckpointSaveError, match=r"cannot create the checkpoint directory .*: Read-only"):
     new_ckpt(tmpfs)
+
+
+# ---------------------------------------------------------------------------- reference snapshots
+
+
+def test_snapshot_roundtrip_and_checksum(tmp_path, monkeypatch):
+  """A reference snapshot restores bit-exactly; a changed value or a non-finite state is refused in one line."""
+  params = make_state(3)["params"]
+  path = ckpt_lib.snapshot_path(str(tmp_path), 3)
+  ckpt_lib.save_snapshot(path, params)
+  assert os.path.exists(os.path.join(path, "fingerprints.json"))
+  assert same(ckpt_lib.load_snapshot(path, make_state(0)["params"]), params)
+  orig = ckpt_lib.ocp.StandardCheckpointer.restore   # storage that returns plausible but wrong values
+  monkeypatch.setattr(ckpt_lib.ocp.StandardCheckpointer, "restore",
+                      lambda self, p, like: {**orig(self, p, like), "w": orig(self, p, like)["w"] * 1.0001})
+  with pytest.raises(ckpt_lib.DamagedCheckpointError, match=r"\['w'\] do not match the checksum") as e:
+    ckpt_lib.load_snapshot(path, make_state(0)["params"])
+  assert "\n" not in str(e.value)
+  bad = dict(params, w=params["w"].at[0, 0].set(jnp.nan))
+  with pytest.raises(ckpt_lib.NonFiniteStateError, match="non-finite values in \\['w'\\]"):
+    ckpt_lib.save_snapshot(ckpt_lib.snapshot_path(str(tmp_path), 4), bad)
+  assert not os.path.exists(ckpt_lib.snapshot_path(str(tmp_path), 4))
