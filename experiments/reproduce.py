@@ -20,6 +20,8 @@ evaluation) and sft_config() (the SFT run that makes the base, or None to start 
   DIR/pass_at_k.png, entropy.png, response_length.png, zero_adv.png, eval_pass1.png (+ dash_time.png)
 Rerunning the same command resumes: finished runs are skipped, an interrupted one continues from its last
 checkpoint (rl.trainer), and the summary is recomputed from what the runs wrote (metrics.jsonl, eval_counts.jsonl).
+--arms A,B trains a subset (the findings reported are those whose arms were all trained); --share_base_eval (the
+real scale's default) evaluates the base once per seed, in the first arm, instead of once in every arm.
 """
 import argparse
 import importlib.util
@@ -98,12 +100,15 @@ def _parse_sets(items):
   return out
 
 
-def arm_config(scale, arm, seed, init_from, sets):
-  """The config of one (arm, seed) run: scale.get_config(algo) + the arm's overrides + --set, validated."""
+def arm_config(scale, arm, seed, init_from, sets, eval_base=True):
+  """The config of one (arm, seed) run: scale.get_config(algo) + the arm's overrides + --set, validated.
+  eval_base=False: no step-0 evaluation (the base's, shared with the seed's first arm: --share_base_eval)."""
   algo, overrides = arm
   c = scale.get_config(algo).unlock()
   config_lib.override(c, sets)   # --set first: the arms' relative budgets (dash, prorl) scale with it
   config_lib.override(c, overrides(c) if callable(overrides) else overrides)
+  if not eval_base:
+    c.eval_at_start = False
   c.seed, c.model.init_from, c.restart = seed, init_from, True   # restart: a run killed before its 1st checkpoint
   return config_lib.validate(c.lock())
 
@@ -204,15 +209,20 @@ def collect(workdir, arms, seeds):
       by_step = {r["step"]: r for r in run["rows"]}
       last = run["counts"][-1]
       run["final"] = eval_summary(last, by_step.get(last["step"], {}))
-      run["start"] = eval_summary(run["counts"][0], by_step.get(run["counts"][0]["step"], {}))
+      first = run["counts"][0]
+      run["start"] = eval_summary(first, by_step.get(0, {})) if first["step"] == 0 else None   # None: shared
       out[arm].append(run)
-  if "base" in arms:   # every arm of a seed evaluated the same initial policy with the same eval rng at step 0
-    first = next(a for a, spec in arms.items() if spec is not None)
-    out["base"] = [{"final": run["start"], "rows": [], "wall_s": 0.0} for run in out[first]]
-    for arm in out:
-      if arm != "base" and any(not np.array_equal(r["start"]["counts"], b["final"]["counts"])
+  if "base" in arms:   # every arm of a seed evaluates the same initial policy with the same eval rng at step 0
+    out["base"] = []
+    for i, s in enumerate(seeds):
+      start = next((out[a][i]["start"] for a in out if out[a][i]["start"] is not None), None)
+      if start is None:
+        raise SystemExit(f"reproduce.py: error: seed {s}: no arm evaluated the base at step 0")
+      out["base"].append({"final": start, "rows": [], "wall_s": 0.0})
+    for arm in list(out):
+      if arm != "base" and any(r["start"] is not None and not np.array_equal(r["start"]["counts"], b["final"]["counts"])
                                for r, b in zip(out[arm], out["base"])):
-        print(f"[repro] warning: arm {arm}'s step-0 evaluation differs from {first}'s (not the same base?)",
+        print(f"[repro] warning: arm {arm}'s step-0 evaluation differs from the others' (not the same base?)",
               file=sys.stderr)
   return {arm: out[arm] for arm in arms}
 
@@ -260,33 +270,40 @@ PN = lambda f: f["pass"][-1]         # pass@n (the largest k)
 
 
 def findings(study, res):
-  """The papers' claims as per-seed differences -> list of _check dicts (holds_all_seeds: in every seed)."""
+  """The papers' claims as per-seed differences -> list of _check dicts (holds_all_seeds: in every seed). With a
+  subset of the arms (--arms), the claims whose arms were all trained (e.g. --arms psr,nsr: PSR's and NSR's)."""
   pos, nonneg = (lambda v: v > 0), (lambda v: v >= 0)
   out = []
-  if set(STUDIES[study]) - set(res):   # a subset of the arms (--arms): the findings need all of them
-    return out
   if study == "psr_nsr":
-    out += [
-        _check("PSR raises pass@1 over the base", _diff(res, "psr", "base", P1), pos, "pass@1(PSR) - pass@1(base)"),
-        _check("PSR lowers pass@n below the base", _diff(res, "base", "psr", PN), pos, "pass@n(base) - pass@n(PSR)"),
-        _check("NSR keeps or raises pass@n (vs base)", _diff(res, "nsr", "base", PN), nonneg,
-               "pass@n(NSR) - pass@n(base)"),
-        _check("NSR raises pass@1 over the base", _diff(res, "nsr", "base", P1), pos, "pass@1(NSR) - pass@1(base)"),
-        _check("PSR's pass@n is below NSR's", _diff(res, "nsr", "psr", PN), pos, "pass@n(NSR) - pass@n(PSR)"),
-        _check("GRPO's pass@n is between PSR's and NSR's",
-               [min(g - p, n - g) for g, p, n in zip(_per_seed(res, "grpo", PN), _per_seed(res, "psr", PN),
-                                                     _per_seed(res, "nsr", PN))], nonneg,
-               "min(pass@n(GRPO) - pass@n(PSR), pass@n(NSR) - pass@n(GRPO))"),
-        _check("NSR keeps the entropy above PSR's", _diff(res, "nsr", "psr", lambda f: f["entropy"]), pos,
-               "eval entropy(NSR) - eval entropy(PSR), nats/token"),
+    claims = [   # (arms it needs, name, per-seed values (deferred), holds, detail)
+        (("psr",), "PSR raises pass@1 over the base", lambda: _diff(res, "psr", "base", P1), pos,
+         "pass@1(PSR) - pass@1(base)"),
+        (("psr",), "PSR lowers pass@n below the base", lambda: _diff(res, "base", "psr", PN), pos,
+         "pass@n(base) - pass@n(PSR)"),
+        (("nsr",), "NSR keeps or raises pass@n (vs base)", lambda: _diff(res, "nsr", "base", PN), nonneg,
+         "pass@n(NSR) - pass@n(base)"),
+        (("nsr",), "NSR raises pass@1 over the base", lambda: _diff(res, "nsr", "base", P1), pos,
+         "pass@1(NSR) - pass@1(base)"),
+        (("nsr", "psr"), "PSR's pass@n is below NSR's", lambda: _diff(res, "nsr", "psr", PN), pos,
+         "pass@n(NSR) - pass@n(PSR)"),
+        (("grpo", "psr", "nsr"), "GRPO's pass@n is between PSR's and NSR's",
+         lambda: [min(g - p, n - g) for g, p, n in zip(_per_seed(res, "grpo", PN), _per_seed(res, "psr", PN),
+                                                       _per_seed(res, "nsr", PN))], nonneg,
+         "min(pass@n(GRPO) - pass@n(PSR), pass@n(NSR) - pass@n(GRPO))"),
+        (("nsr", "psr"), "NSR keeps the entropy above PSR's", lambda: _diff(res, "nsr", "psr", lambda f: f["entropy"]),
+         pos, "eval entropy(NSR) - eval entropy(PSR), nats/token"),
     ]
     trained = ["grpo", "psr", "nsr", "w_reinforce"]
-    for fn, name in ((P1, "pass@1"), (PN, "pass@n")):
-      gap = [max(r["final"]["pass"][0 if name == "pass@1" else -1] for r in rs) - fn(w["final"])
-             for w, *rs in zip(res["w_reinforce"], *(res[a] for a in trained))]
-      out.append(_check(f"W-REINFORCE is within 0.02 of the best trained arm at {name}", gap, lambda v: v <= 0.02,
-                        f"best {name} of the trained arms - {name}(W-REINFORCE)"))
-  elif study == "length":
+    for i, name in ((0, "pass@1"), (-1, "pass@n")):
+      claims.append((tuple(trained), f"W-REINFORCE is within 0.02 of the best trained arm at {name}",
+                     lambda i=i: [max(r["final"]["pass"][i] for r in rs) - w["final"]["pass"][i]
+                                  for w, *rs in zip(res["w_reinforce"], *(res[a] for a in trained))],
+                     lambda v: v <= 0.02, f"best {name} of the trained arms - {name}(W-REINFORCE)"))
+    return [_check(name, values(), holds, detail) for needs, name, values, holds, detail in claims
+            if all(a in res for a in needs)]
+  if set(STUDIES[study]) - set(res):   # the other studies: their claims need all of their arms
+    return out
+  if study == "length":
     zero = [np.mean([r["adv/zero_frac"] for r in run["rows"] if "adv/zero_frac" in r]) for run in res["grpo"]]
     out += [
         _check("GRPO: more than half the samples have zero advantage", zero, lambda v: v > 0.5,
@@ -463,6 +480,9 @@ def main(argv=None):
   ap.add_argument("--only_seeds", default="",
                   help="comma-separated seeds to train in this process (several processes can share a study "
                        "workdir, one per seed; the SFT base is made by the first); no summary, use --report_only")
+  ap.add_argument("--share_base_eval", action="store_true",
+                  help="only the first trained arm of a seed evaluates the base at step 0 (the others would repeat "
+                       "it exactly: same policy, same eval rng); default: the scale's SHARE_BASE_EVAL")
   ap.add_argument("--report_only", action="store_true",
                   help="train nothing: summarise the seeds whose runs have all finished")
   ap.add_argument("--measure", action="store_true",
@@ -488,11 +508,13 @@ def main(argv=None):
   try:
     init_from = "" if a.report_only else make_base(scale, a.workdir, sft_sets)
     only = [int(x) for x in a.only_seeds.split(",") if x.strip()]
+    share = a.share_base_eval or getattr(scale, "SHARE_BASE_EVAL", False)
+    first = next(arm for arm, spec in study.items() if spec is not None)
     for s in [] if a.report_only else (only or seeds):   # seed-major: an interrupted study has every arm at the seeds it finished
       for arm, spec in study.items():
         if spec is None:
           continue
-        c = arm_config(scale, spec, s, init_from, sets)
+        c = arm_config(scale, spec, s, init_from, sets, eval_base=arm == first or not share)
         run_once(c, os.path.join(a.workdir, "runs", arm, f"seed{s}"), f"{arm} seed {s}")
   except ValueError as e:
     if str(e).startswith("config."):
