@@ -102,10 +102,9 @@ def seq_logprobs(graphdef, params, x, sampling=(1.0, 0, 1.0)):
   model = nnx.merge(graphdef, params)
   full = jnp.concatenate([x["prompt"], x["tokens"]], axis=1)
   attn = jnp.concatenate([x["prompt_mask"], x["mask"]], axis=1)
-  logp, ent = model.token_logprobs(full[:, :-1], full[:, 1:], attention_mask=attn[:, :-1],
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
-  n = x["tokens"].shape[1]
-  return logp[:, -n:], ent[:, -n:]
+  # the LM head only where a response token is predicted: input positions L-1 .. L+T-2
+  return model.token_logprobs(full[:, :-1], full[:, 1:], attention_mask=attn[:, :-1], temperature=temperature,
+                              top_k=top_k, top_p=top_p, start=x["prompt"].shape[1] - 1)
 
 
 _FN_CACHE = {}   # jitted functions shared by Trainers with the same model and loss/optimizer config
