@@ -119,6 +119,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       skip_zero_adv_rows=True,   # leave rows with keep=False / zero advantage (without KL / entropy terms) out
       fused_old_logp=True,       # one update per step: old log-probs = stop_gradient of the update's forward
       trim_padding=True,         # cut all-pad response / prompt columns of the update (bucketed widths)
+      share_prompt=True,         # the prompt part of the forward/backward once per distinct prompt of a micro-batch
   ))
   c.ref = ml_collections.ConfigDict(dict(
       reset_every=0,           # ProRL: new reference every N steps (0 = never)

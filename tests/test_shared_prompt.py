@@ -41,7 +41,8 @@ def reference(model, prompt, prompt_mask, idx, tokens, mask, **kw):
   return logp[:, -T:], ent[:, -T:]
 
 
-@pytest.mark.parametrize("warp", [{}, dict(temperature=0.7, top_k=5, top_p=0.9)])
+@pytest.mark.parametrize("warp", [{}, pytest.param(dict(temperature=0.7, top_k=5, top_p=0.9),
+                                                   marks=pytest.mark.slow)])
 def test_head_only_over_the_response_and_shared_prompt(tiny, warp):
   graphdef, params = tiny
   model = nnx.merge(graphdef, params)
