@@ -104,16 +104,21 @@ def seq_logprobs(graphdef, params, x, sampling=(1.0, 0, 1.0)):
   temperature, top_k, top_p = sampling
   model = nnx.merge(graphdef, params)
   prompt, prompt_mask = x["prompt"], x["prompt_mask"]
+  chunk = max(1, HEAD_TOKENS // x["tokens"].shape[0])   # time steps per [B,chunk,V] LM-head block
   if "prompt_idx" in x:
     if prompt.shape[1] + x["tokens"].shape[1] - 1 < transformer._FLASH_MIN_T:
       return model.shared_prompt_logprobs(prompt, prompt_mask, x["prompt_idx"], x["tokens"], x["mask"],
-                                          temperature=temperature, top_k=top_k, top_p=top_p)
+                                          temperature=temperature, top_k=top_k, top_p=top_p, chunk_size=chunk)
     prompt, prompt_mask = prompt[x["prompt_idx"]], prompt_mask[x["prompt_idx"]]   # long: the flash path
   full = jnp.concatenate([prompt, x["tokens"]], axis=1)
   attn = jnp.concatenate([prompt_mask, x["mask"]], axis=1)
   # the LM head only where a response token is predicted: input positions L-1 .. L+T-2
   return model.token_logprobs(full[:, :-1], full[:, 1:], attention_mask=attn[:, :-1], temperature=temperature,
-                              top_k=top_k, top_p=top_p, start=prompt.shape[1] - 1)
+                              top_k=top_k, top_p=top_p, start=prompt.shape[1] - 1, chunk_size=chunk)
+
+
+HEAD_TOKENS = 256   # tokens per LM-head block: one [256, V] f32 logits block is 50 MB at V = 49152 (the update
+                    # keeps ~6 such blocks live in its backward pass)
 
 
 _FN_CACHE = {}   # jitted functions shared by Trainers with the same model and loss/optimizer config
