@@ -21,7 +21,11 @@ Work that cannot change the update is skipped, exactly (tests/test_update_skips.
     denominators and one compiled shape; a minibatch with no live row is not applied at all (no optimizer
     step; counted in `skipped_zero_adv`);
   - trim: the columns after the longest live response and before the longest live prompt (left padding) are
-    cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing).
+    cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing);
+  - share (train.share_prompt): the rows of a minibatch ordered by prompt, each micro-batch's distinct prompts
+    run through the layers once (`group_prompts`, `Decoder.shared_prompt_logprobs`): causal attention makes
+    the prompt's hidden states independent of the response;
+  - always: the LM head only over the positions that predict a response token (not the prompt's).
 
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
@@ -240,7 +244,7 @@ def prompt_groups(arrays):
 
 def group_prompts(mb):
   """Micro-batches mb [M, micro, ...] -> the same with each micro-batch's distinct prompts stored once: prompt /
-  prompt_mask [M,U,L] and prompt_idx int32 [M,micro] (row b's prompt is prompt[:, prompt_idx[:, b]]), U = the
+  prompt_mask [M,U,L] and prompt_idx int32 [M,micro] (row b of micro-batch m: prompt[m, prompt_idx[m, b]]), U = the
   most distinct prompts in a micro-batch, bucketed to a power of two (unused slots: copies of the first prompt,
   attended by no row). Returns mb unchanged when that saves nothing (U would be `micro`).
   Exact: causal attention makes the prompt's part of the forward independent of the response (see
