@@ -226,7 +226,11 @@ def test_trainer_step_with_and_without_skips(tmp_path):
     c = config.tiny_overrides(config.base("grpo"))
     c.total_steps = 1
     c.rollout.max_new_tokens = 6
-    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding"):
+    # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 it turns float-level differences of near-zero
+    # gradient entries (another summation order: shared prompts) into ~1e-4 parameter differences; eps 1
+    # makes the step proportional to the gradient (measured: 7e-9 apart for a 5e-4 step)
+    c.optim.eps = 1.0
+    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding", "share_prompt"):
       c.train[k] = on
     t = trainer.Trainer(c, str(tmp_path / str(on)))
     state, row, batch = t.train_step(t.state, 0)
@@ -235,6 +239,7 @@ def test_trainer_step_with_and_without_skips(tmp_path):
   np.testing.assert_array_equal(b0.tokens, b1.tokens)
   assert max_diff(p0, p1) < 1e-6
   assert r1["loss/total"] == pytest.approx(r0["loss/total"], rel=1e-5, abs=1e-7)
-  assert r1["update/rows"] <= r0["update/rows"] == len(b0.tokens)
+  assert r1["update/rows"] <= r0["update/rows"] == r0["update/prompt_rows"] == len(b0.tokens)
+  assert r1["update/prompt_rows"] <= r1["update/rows"]
   assert r1["updates/skipped_zero_adv"] == (r1["update/rows"] == 0)
   assert np.isfinite(r1["sampler_logp_diff"]) and r1["sampler_logp_diff"] >= 0
