@@ -96,12 +96,14 @@ def run_ours(args):
     t0 = time.perf_counter()
     state, row, batch = t.train_step(state, step)
     t.state = state
-    rec = {k: row[k] for k in SPLIT + ("updates/skipped_zero_adv", "update/rows", "update/width", "adv/zero_frac")}
+    rec = {k: row[k] for k in SPLIT + ("updates/skipped_zero_adv", "update/rows", "update/prompt_rows", "update/width",
+                                       "adv/zero_frac")}
     rec.update(step_s=time.perf_counter() - t0, mean_length=float(batch.lengths.mean()),
                reward=row["reward/mean"])
     steps.append(rec)
     print(f"[ours] step {step}: {rec['step_s']:.1f} s " + " ".join(f"{k[5:]}={rec[k]:.1f}" for k in SPLIT)
-          + f" rows={rec['update/rows']} zero_adv={rec['adv/zero_frac']:.2f} len={rec['mean_length']:.1f}",
+          + f" rows={rec['update/rows']} prompt_rows={rec['update/prompt_rows']} zero_adv={rec['adv/zero_frac']:.2f}"
+          + f" len={rec['mean_length']:.1f}",
           file=sys.stderr, flush=True)
   return {"steps": steps, "peak_rss_gb": peak_rss_gb()}
 

@@ -20,7 +20,8 @@ Interface (docs/interfaces.md):
   logits, cache = model.step(tokens[B,T], positions[B,T], cache, attention_mask=None)
   shared, resp = model.group_decode_init(prompt_cache, G, N)     # sampler: G rows per prompt
   logits, resp = model.group_step(tokens[B], positions[B], t, shared, resp)
-  logp, ent = model.token_logprobs(inputs[B,T], targets[B,T], ...)   -> f32 [B,T] x2
+  logp, ent = model.token_logprobs(inputs[B,T], targets[B,T], ..., start=0)   -> f32 [B,T-start] x2
+  logp, ent = model.shared_prompt_logprobs(prompt[U,L], prompt_mask, prompt_idx[B], tokens[B,T], mask)
 """
 
 from __future__ import annotations
@@ -457,6 +458,14 @@ def _finish(cfg, p, x, o):
   return x + _mm("btf,fd->btd", jax.nn.silu(g) * u, p["w_down"], dt)
 
 
+# What a layer keeps for the backward pass without cfg.remat: the outputs of its weight matmuls (q/k/v/o, gate,
+# up, down); the elementwise ops (norms, RoPE, SiLU, products) and the attention (scores, softmax) are
+# recomputed from them. Letting XLA keep everything stored ~6 [B,T,F] f32 MLP intermediates per layer
+# (1.1 GB of the 4.6 GB of temporaries of the SmolLM2-135M update at 16 rows x 127 tokens) for a recompute
+# of a few % of the layer's FLOPs. No effect outside differentiation.
+_SAVE_DOTS = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+
 def _layer_full(cfg, p, x, cos, sin, mask, kv_valid=None):
   """mask bool [B,T,T] -> `_attend`; or mask None and kv_valid bool [B,T] -> causal `flash_attention`."""
   q, k, v = _qkv(cfg, p, x, cos, sin)
@@ -551,8 +560,7 @@ class Decoder(nnx.Module):
     def body(x, p):
       return _layer_full(cfg, p, x, cos, sin, mask, attention_mask), None
 
-    if cfg.remat:
-      body = jax.checkpoint(body)
+    body = jax.checkpoint(body, policy=None if cfg.remat else _SAVE_DOTS)
     x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.values())
     return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
 
@@ -664,10 +672,12 @@ class Decoder(nnx.Module):
 
   # -- training
   def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, start: int = 0):
     """log p(targets[b,t] | inputs[b,:t+1]) under the *sampling* distribution, and the raw model entropy.
 
-    inputs, targets int [B,T] -> (logp f32 [B,T], entropy f32 [B,T]).
+    inputs, targets int [B,T] -> (logp f32 [B,T-start], entropy f32 [B,T-start]) (positions start..T-1).
+    start: static; the layers run over all T inputs, the unembedding / log-softmax / entropy only over
+      positions >= start (the RL trainer scores only the response: start = prompt width - 1).
 
     logp: log-probs under the distribution the sampler draws from with the same settings
       (`models.warping.warp_logits`: logits / temperature, then the top-k and top-p masks,
@@ -684,11 +694,62 @@ class Decoder(nnx.Module):
     rematerialised `lax.map`, so at most one [B,chunk,V] f32 block exists at a time (also in the
     backward pass). temperature, top_k, top_p are static Python numbers.
     """
+    h = self.hidden_states(inputs, positions, attention_mask)[:, start:]  # [B,T-start,D]
+    return self.head_logprobs(h, targets[:, start:], chunk_size, temperature, top_k, top_p)
+
+  def shared_prompt_logprobs(self, prompt, prompt_mask, prompt_idx, tokens, mask, chunk_size: int = 128,
+                             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """`token_logprobs` of B responses whose prompts are stored once: row b is prompt[prompt_idx[b]] followed by
+    tokens[b] (several rows may share a prompt, e.g. the G samples of a group).
+
+    prompt int [U,L], prompt_mask bool [U,L] (LEFT-padded: the last column is a real token), prompt_idx int [B]
+    in [0,U), tokens int [B,T], mask bool [B,T] (valid response tokens) -> (logp f32 [B,T], entropy f32 [B,T]):
+    the log-prob of tokens[b,t] given prompt + tokens[b,:t], as `token_logprobs(concat(prompt, tokens)[:, :-1],
+    concat(...)[:, 1:], attention_mask=concat(masks)[:, :-1], start=L-1)` on the row-expanded batch.
+
+    Causal attention makes a prompt's hidden states, keys and values independent of the response, so the
+    layers run over the U prompt rows [U,L] and the B response rows [B,T-1] (inputs tokens[:, :-1]); response
+    queries attend to their prompt's keys/values (gathered per row) and their own earlier response keys. The
+    gradient reaches each prompt's computation from all its rows (the gather's transpose adds them up).
+    The LM head runs only where a response token is predicted: the prompt's last position and the T-1
+    response inputs. Attention is the plain [T,S] form (no blockwise flash path: for long sequences use
+    `token_logprobs`).
+    """
+    cfg = self.cfg
+    B, T = tokens.shape
+    prompt_mask, mask = prompt_mask.astype(bool), mask.astype(bool)
+    pos_p, _ = self._defaults(prompt, None, prompt_mask)                      # [U,L]
+    plen = prompt_mask.sum(-1).astype(jnp.int32)[prompt_idx]                  # [B]
+    r_in, r_m = tokens[:, :-1], mask[:, :-1]                                  # [B,T-1]
+    pos_r = jnp.maximum(plen[:, None] + jnp.cumsum(r_m, axis=-1, dtype=jnp.int32) - 1, 0)
+    L, R = prompt.shape[1], T - 1
+    mask_p = jnp.tril(jnp.ones((L, L), bool))[None] & prompt_mask[:, None, :]               # [U,L,L]
+    mask_r = jnp.concatenate([jnp.broadcast_to(prompt_mask[prompt_idx][:, None, :], (B, R, L)),
+                              jnp.tril(jnp.ones((R, R), bool))[None] & r_m[:, None, :]], -1)  # [B,R,L+R]
+    cs_p, cs_r = rope_cos_sin(cfg, pos_p), rope_cos_sin(cfg, pos_r)
+
+    def body(xs, p):
+      xp, xr = xs
+      qp, kp, vp = _qkv(cfg, p, xp, *cs_p)
+      qr, kr, vr = _qkv(cfg, p, xr, *cs_r)
+      op = _attend(cfg, qp, kp, vp, mask_p)
+      o_r = _attend2(qr, (kp[prompt_idx], kr), (vp[prompt_idx], vr), mask_r)
+      return (_finish(cfg, p, xp, op), _finish(cfg, p, xr, o_r)), None
+
+    body = jax.checkpoint(body, policy=None if cfg.remat else _SAVE_DOTS)
+    (xp, xr), _ = jax.lax.scan(body, (self._embed(prompt), self._embed(r_in)), self.layers.values())
+    h = jnp.concatenate([xp[:, -1][prompt_idx][:, None], xr], axis=1)         # [B,T,D]
+    h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+    return self.head_logprobs(h, tokens, chunk_size, temperature, top_k, top_p)
+
+  def head_logprobs(self, h, targets, chunk_size: int = 128, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0):
+    """The unembedding, log-softmax and entropy of `token_logprobs` from final-normed hidden states:
+    h f32 [B,T,D], targets int [B,T] -> (logp f32 [B,T], entropy f32 [B,T])."""
     if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
       raise ValueError(f"token_logprobs: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
                        f"temperature={temperature}, top_k={top_k}, top_p={top_p}")
     raw = temperature == 0.0 or (temperature == 1.0 and not top_k and top_p >= 1.0)
-    h = self.hidden_states(inputs, positions, attention_mask)  # [B,T,D]
     w = self._unembed_matrix()
     B, T, D = h.shape
     c = max(1, min(chunk_size, T))

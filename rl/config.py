@@ -80,6 +80,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       prompts_per_step=8, group_size=8, max_new_tokens=2,
       temperature=1.0, top_p=1.0, top_k=0,   # the sampler's; the trainer's log-probs replay the same distribution
       reward_timeout=1.0, reward_workers=2,
+      chunk_size=0,            # sampler decode steps per compiled chunk (0 = auto: rl.rollout.sampler_chunk)
   ))
   c.algo = algo               # rl.algorithms.REGISTRY
   c.adv = ml_collections.ConfigDict(dict(normalize_std=True, lam=0.1))   # lam: W-REINFORCE positive weight
@@ -119,6 +120,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       skip_zero_adv_rows=True,   # leave rows with keep=False / zero advantage (without KL / entropy terms) out
       fused_old_logp=True,       # one update per step: old log-probs = stop_gradient of the update's forward
       trim_padding=True,         # cut all-pad response / prompt columns of the update (bucketed widths)
+      share_prompt=True,         # the prompt part of the forward/backward once per distinct prompt of a micro-batch
   ))
   c.ref = ml_collections.ConfigDict(dict(
       reset_every=0,           # ProRL: new reference every N steps (0 = never)
@@ -191,6 +193,7 @@ RANGES = {
     "rollout.prompts_per_step": (1, INF, False, True), "rollout.group_size": (1, INF, False, True),
     "rollout.max_new_tokens": (1, INF, False, True), "rollout.temperature": (0, INF, False, True),
     "rollout.top_p": (0, 1, True, False), "rollout.top_k": (0, INF, False, True),
+    "rollout.chunk_size": (0, INF, False, True),
     "rollout.reward_timeout": (0, INF, True, True), "rollout.reward_workers": (1, INF, False, True),
     "adv.lam": (0, 1, False, False),
     "loss.clip_low": (0, 1, False, True), "loss.clip_high": (0, INF, False, True),

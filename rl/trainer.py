@@ -179,10 +179,11 @@ class Trainer:
     params, opt_state, upd = update.run_epochs(self.update, state["params"], state["opt_state"], arrays, self.hp,
                                                c.train, seed=c.seed, step=step, mesh=self.mesh,
                                                rows=arrays.pop("live", None), trim=c.train.trim_padding,
-                                               agg=c.loss.agg)   # optax
+                                               agg=c.loss.agg, share=c.train.share_prompt)   # optax
     times["time/update"], times["time/step"] = time.perf_counter() - t1, time.perf_counter() - t0
     times["tokens_per_s"] = float(batch.mask.sum()) / max(times["time/step"], 1e-9)
     times.update({"updates/skipped_zero_adv": int(upd["skipped_zero_adv"]), "update/rows": int(upd["update_rows"]),
+                  "update/prompt_rows": int(upd["update_prompt_rows"]),
                   "update/width": int(upd["update_width"])})
     row = outputs.step_metrics(batch, None, upd, {**info, **filter_info, **times},
                                lr=float(self.schedule(step * self.updates_per_step)), is_sft=not self.algo.rollout)
@@ -228,7 +229,8 @@ class Trainer:
     # rows the sampler did not draw (injected solutions, SFT) have no sampler log-probs: no mismatch correction
     arrays["sampled"] = ~batch.injected & self.algo.rollout
     live = update.live_rows(arrays, update.zero_adv_has_gradient(c.loss)) if c.train.skip_zero_adv_rows else None
-    fwd = dict(micro=c.train.micro_batch_size, mesh=self.mesh, rows=live, trim=c.train.trim_padding)
+    fwd = dict(micro=c.train.micro_batch_size, mesh=self.mesh, rows=live, trim=c.train.trim_padding,
+               share=c.train.share_prompt)
     t0 = time.perf_counter()
     if not (c.train.fused_old_logp and self.updates_per_step == 1):
       arrays["old_logp"] = update.forward(self.logp_fn, state["params"], arrays, **fwd)

@@ -21,7 +21,11 @@ Work that cannot change the update is skipped, exactly (tests/test_update_skips.
     denominators and one compiled shape; a minibatch with no live row is not applied at all (no optimizer
     step; counted in `skipped_zero_adv`);
   - trim: the columns after the longest live response and before the longest live prompt (left padding) are
-    cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing).
+    cut, to bucketed widths (positions come from the attention mask, so cutting all-pad columns changes nothing);
+  - share (train.share_prompt): the rows of a minibatch ordered by prompt, each micro-batch's distinct prompts
+    run through the layers once (`group_prompts`, `Decoder.shared_prompt_logprobs`): causal attention makes
+    the prompt's hidden states independent of the response;
+  - always: the LM head only over the positions that predict a response token (not the prompt's).
 
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
@@ -37,7 +41,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
 import sampling
-from models import sharding
+from models import sharding, transformer
 from rl import losses
 from rl.outputs import note
 
@@ -95,17 +99,30 @@ def announce(what, fn, tree):
 def seq_logprobs(graphdef, params, x, sampling=(1.0, 0, 1.0)):
   """Log-probs of the response tokens under the sampling distribution, and the model's entropy.
 
-  x: prompt [B,L] int32, prompt_mask [B,L] bool, tokens [B,T] int32, mask [B,T] bool.
+  x: prompt [B,L] int32, prompt_mask [B,L] bool, tokens [B,T] int32, mask [B,T] bool; or, with prompt_idx
+  int32 [B] (`group_prompts`), prompt / prompt_mask [U,L] holding each distinct prompt once (row b's prompt is
+  prompt[prompt_idx[b]]; the prompt part of the forward and backward then runs once per distinct prompt,
+  `Decoder.shared_prompt_logprobs`, except at widths that need the blockwise attention).
   sampling: static (temperature, top_k, top_p) of the sampler. -> (logp [B,T], entropy [B,T]) f32.
   """
   temperature, top_k, top_p = sampling
   model = nnx.merge(graphdef, params)
-  full = jnp.concatenate([x["prompt"], x["tokens"]], axis=1)
-  attn = jnp.concatenate([x["prompt_mask"], x["mask"]], axis=1)
-  logp, ent = model.token_logprobs(full[:, :-1], full[:, 1:], attention_mask=attn[:, :-1],
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
-  n = x["tokens"].shape[1]
-  return logp[:, -n:], ent[:, -n:]
+  prompt, prompt_mask = x["prompt"], x["prompt_mask"]
+  chunk = max(1, HEAD_TOKENS // x["tokens"].shape[0])   # time steps per [B,chunk,V] LM-head block
+  if "prompt_idx" in x:
+    if prompt.shape[1] + x["tokens"].shape[1] - 1 < transformer._FLASH_MIN_T:
+      return model.shared_prompt_logprobs(prompt, prompt_mask, x["prompt_idx"], x["tokens"], x["mask"],
+                                          temperature=temperature, top_k=top_k, top_p=top_p, chunk_size=chunk)
+    prompt, prompt_mask = prompt[x["prompt_idx"]], prompt_mask[x["prompt_idx"]]   # long: the flash path
+  full = jnp.concatenate([prompt, x["tokens"]], axis=1)
+  attn = jnp.concatenate([prompt_mask, x["mask"]], axis=1)
+  # the LM head only where a response token is predicted: input positions L-1 .. L+T-2
+  return model.token_logprobs(full[:, :-1], full[:, 1:], attention_mask=attn[:, :-1], temperature=temperature,
+                              top_k=top_k, top_p=top_p, start=prompt.shape[1] - 1, chunk_size=chunk)
+
+
+HEAD_TOKENS = 256   # tokens per LM-head block: one [256, V] f32 logits block is 50 MB at V = 49152 (the update
+                    # keeps ~6 such blocks live in its backward pass)
 
 
 _FN_CACHE = {}   # jitted functions shared by Trainers with the same model and loss/optimizer config
@@ -122,11 +139,12 @@ def make_logp_fn(graphdef, sampling):
   return jax.jit(lambda params, x: seq_logprobs(graphdef, params, x, sampling))
 
 
-def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False):
+def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False, share=False):
   """Response log-probs f32 [N,T] (numpy) in micro-batches of `micro` rows (0 = all at once).
 
   rows: bool [N] or None (all): only these rows are computed (compacted to a bucketed count, see `compact`);
-  the others are 0. trim: cut all-pad response / prompt columns first (see `compact`)."""
+  the others are 0. trim: cut all-pad response / prompt columns first (see `compact`). share: rows ordered by
+  prompt and each micro-batch's distinct prompts computed once (`group_prompts`)."""
   keys = ("prompt", "prompt_mask", "tokens", "mask")
   n, T = arrays["tokens"].shape
   sub = {k: arrays[k] for k in keys}
@@ -134,12 +152,16 @@ def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False):
   if not len(idx):
     return np.zeros((n, T), np.float32)
   micro = split_micro(micro, n, rows is not None)
-  if rows is not None or trim:   # a Python loop over micro-batches of one shape: pad to a multiple of micro
+  if share:
+    idx = idx[np.argsort(prompt_groups(sub)[idx], kind="stable")]
+  if rows is not None or trim or share:   # a Python loop over micro-batches of one shape: pad to a multiple of micro
     sub = compact(sub, idx, -(-len(idx) // micro) * micro, trim=trim)
   m = len(sub["tokens"])
+  if share:
+    sub = group_prompts({k: v.reshape(m // micro, micro, *v.shape[1:]) for k, v in sub.items()})
   parts = []
   for s in range(0, m, micro):
-    piece = {k: v[s:s + micro] for k, v in sub.items()}
+    piece = ({k: v[s // micro] for k, v in sub.items()} if share else {k: v[s:s + micro] for k, v in sub.items()})
     t0 = announce("the trainer's log-prob forward", logp_fn, piece)
     parts.append(sharding.to_host(logp_fn(params, put(piece, mesh))[0]))   # multi-process: gathered
     if t0 is not None:
@@ -180,8 +202,9 @@ def split_micro(micro, rows, skipping):
 
 
 def compact(arrays, idx, n_rows, *, trim):
-  """The rows `idx` of arrays [N,...], padded to n_rows by copies of row idx[0] with keep = sampled = False
-  (finite inputs, zero loss weight), optionally with all-pad columns cut.
+  """The rows `idx` of arrays [N,...], padded to n_rows by copies of row idx[-1] with keep = sampled = False
+  (finite inputs, zero loss weight; the last row's prompt, so `group_prompts` adds no distinct prompt),
+  optionally with all-pad columns cut.
 
   trim: response columns (axis 1 of tokens, mask, logprobs, old_logp, ref_logp) cut after the longest response
   among idx (bucketed: sampling.bucket(., 16)), prompt columns (prompt, prompt_mask) cut before the longest prompt
@@ -189,7 +212,7 @@ def compact(arrays, idx, n_rows, *, trim):
   """
   idx = np.asarray(idx)
   pad = n_rows - len(idx)
-  take = np.concatenate([idx, np.full(pad, idx[0])]) if pad > 0 else idx
+  take = np.concatenate([idx, np.full(pad, idx[-1])]) if pad > 0 else idx
   out = {k: v[take] for k, v in arrays.items()}
   if pad > 0:
     for k in ("keep", "sampled"):
@@ -208,6 +231,37 @@ def compact(arrays, idx, n_rows, *, trim):
     for k in ("prompt", "prompt_mask"):
       out[k] = out[k][:, L - l:]
   return out
+
+
+def prompt_groups(arrays):
+  """int [N]: the same id for rows with the same prompt (tokens and mask), ids in order of first appearance."""
+  key = np.concatenate([np.asarray(arrays["prompt"]), np.asarray(arrays["prompt_mask"], np.int32) * -1], 1)
+  _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+  rank = np.empty(len(first), np.int64)
+  rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+  return rank[inv.reshape(-1)]
+
+
+def group_prompts(mb):
+  """Micro-batches mb [M, micro, ...] -> the same with each micro-batch's distinct prompts stored once: prompt /
+  prompt_mask [M,U,L] and prompt_idx int32 [M,micro] (row b of micro-batch m: prompt[m, prompt_idx[m, b]]), U = the
+  most distinct prompts in a micro-batch, bucketed to a power of two (unused slots: copies of the first prompt,
+  attended by no row). Returns mb unchanged when that saves nothing (U would be `micro`).
+  Exact: causal attention makes the prompt's part of the forward independent of the response (see
+  `Decoder.shared_prompt_logprobs`)."""
+  M, micro, L = mb["prompt"].shape
+  ids = [prompt_groups({"prompt": p, "prompt_mask": m}) for p, m in zip(mb["prompt"], mb["prompt_mask"])]
+  u = max(int(i.max()) + 1 for i in ids)
+  U = 1 << (u - 1).bit_length()
+  if U >= micro:
+    return mb
+  prompt = np.empty((M, U, L), mb["prompt"].dtype)
+  pmask = np.empty((M, U, L), bool)
+  for m, i in enumerate(ids):
+    first = np.zeros(U, np.int64)                       # slot -> a row holding that prompt (slot 0 for unused)
+    first[i[::-1]] = np.arange(micro)[::-1]
+    prompt[m], pmask[m] = mb["prompt"][m][first], mb["prompt_mask"][m][first]
+  return {**mb, "prompt": prompt, "prompt_mask": pmask, "prompt_idx": np.stack(ids).astype(np.int32)}
 
 
 def host_denominators(mask, agg, max_len):
@@ -311,29 +365,35 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
 
 
 def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, rows=None, trim=False,
-               agg="token-mean"):
+               agg="token-mean", share=False):
   """config.train.ppo_epochs x minibatches updates over `arrays` (N rows) -> (params, opt_state, metrics).
 
   Minibatches are a fresh permutation of the rows per epoch (seeded by (seed, step)), each split into
   micro-batches of tc.micro_batch_size rows (`split_micro`). rows: bool [N] (`live_rows`) or None (all): each
   minibatch moves these rows to its front (`compact`; the update skips the micro-batches left without a kept
   token), with the loss denominators of the whole minibatch (agg: config.loss.agg); a minibatch without any is
-  not applied. trim: cut all-pad columns (`compact`).
+  not applied. trim: cut all-pad columns (`compact`). share: each minibatch's rows ordered by prompt (the sum
+  over rows does not depend on their order) and each micro-batch's distinct prompts computed once
+  (`group_prompts`).
   metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
   many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
   sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
   update_rows: rows computed per epoch (whole micro-batches with a kept token; padding included);
+  update_prompt_rows: prompt rows computed per epoch (update_rows, or with `share` the distinct prompts);
   update_width: largest prompt + response width).
   """
   n, T = arrays["tokens"].shape
   mb_rows = n // tc.minibatches
   micro = split_micro(tc.micro_batch_size, mb_rows, rows is not None)
   perm_rng = np.random.default_rng([seed, step])
-  mets, skipped_zero, fwd_rows, width = [], 0, 0, 0
+  groups = prompt_groups(arrays) if share else None
+  mets, skipped_zero, fwd_rows, prompt_rows, width = [], 0, 0, 0, 0
   for epoch in range(tc.ppo_epochs):
     order = perm_rng.permutation(n) if tc.minibatches > 1 else np.arange(n)
     for k in range(tc.minibatches):
       idx = order[k * mb_rows:(k + 1) * mb_rows]
+      if share:
+        idx = idx[np.argsort(groups[idx], kind="stable")]
       denoms, sub = None, {key: v[idx] for key, v in arrays.items()}
       if rows is not None or trim:
         denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
@@ -343,9 +403,13 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
           continue
         sub = compact(sub, live, mb_rows, trim=trim)
       busy = (sub["mask"] & sub["keep"][:, None]).any(1).reshape(-1, micro).any(1)   # micro-batches computed
-      fwd_rows += int(busy.sum()) * micro if epoch == 0 else 0
       width = max(width, sub["prompt"].shape[1] + sub["tokens"].shape[1])
       mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}
+      if share:
+        mb = group_prompts(mb)
+      if epoch == 0:
+        fwd_rows += int(busy.sum()) * micro
+        prompt_rows += int(busy.sum()) * mb["prompt"].shape[1]
       t0 = announce("the update", update, mb)
       params, opt_state, met = update(params, opt_state, put(mb, mesh, axis=1), hp, denoms)
       if t0 is not None:
@@ -353,7 +417,8 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
         note(f"  compiled and ran in {time.perf_counter() - t0:.1f} s")
       mets.append(met)
   mets = jax.tree.map(sharding.to_host, mets)   # multi-process: gathered
-  out = {"skipped_zero_adv": float(skipped_zero), "update_rows": float(fwd_rows), "update_width": float(width)}
+  out = {"skipped_zero_adv": float(skipped_zero), "update_rows": float(fwd_rows),
+         "update_prompt_rows": float(prompt_rows), "update_width": float(width)}
   if not mets:   # nothing could change the parameters: no optimizer step at all
     return params, opt_state, {**dict.fromkeys(metric_keys(), 0.0), "is_ratio_max": 1.0, "is_ratio_mean": 1.0,
                                "is_weight_mean": 1.0, "skipped": 0.0, "skipped_trailing": 0.0,

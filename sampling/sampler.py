@@ -39,6 +39,7 @@ Shapes: P prompts, G group size, L prompt length, N max_new_tokens, V vocab.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import time
@@ -424,6 +425,27 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
 
 # ----------------------------------------------------------------------------- public API
 
+def release_host_memory():
+  """Returns the host memory freed by the decode loop to the OS (glibc `malloc_trim`; a no-op elsewhere).
+  The sampler's host-side temporaries (chunk outputs, re-packed caches) are freed but glibc keeps the pages:
+  on SmolLM2-135M at 64 rows x 64 tokens the process stayed 1.4-1.6 GB above its live memory after a call,
+  and the update's temporaries came on top of that (peak RSS of a bench_step run 8.7 -> 4.9 GB, together
+  with the update's smaller temporaries)."""
+  if _LIBC is not None:
+    _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    return libc if hasattr(libc, "malloc_trim") else None
+  except OSError:   # not glibc (macOS, musl): nothing to do
+    return None
+
+
+_LIBC = _load_libc()
+
+
 def left_pad(seqs, pad_id: int = 0, width: int | None = None):
   """list of P non-empty token lists -> (int32 [P,W], bool [P,W]) left-padded numpy, W = width or the longest
   (a longer sequence keeps its last W tokens)."""
@@ -556,6 +578,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     tokens, logp, raw, rmask, stopped, steps = _generate_jit(
         graphdef, state, *args, jnp.int32(max_new_tokens), *sample_args, group_size=G, n_bucket=Nb,
         mesh=mesh, **static)
+  release_host_memory()
   R, N = P * G, max_new_tokens
   rmask = rmask[:R, :N]
   return SampleOutput(

@@ -24,14 +24,17 @@ def tiny():
   return graphdef, params, mesh
 
 
-def make_arrays(algo, seed=0):
+def make_arrays(algo, seed=0, grouped=False):
   """A batch like a rollout's: left-padded prompts (>= 4 all-pad leading columns), ragged responses ending
   before column 13 (so the trimmed widths are 16 / 8), some rows not kept, and advantages by `algo` with whole
-  groups at zero advantage (all-equal rewards)."""
+  groups at zero advantage (all-equal rewards). grouped: the G rows of a group share their prompt (as in a
+  rollout); else every row has its own."""
   r = np.random.default_rng(seed)
   plen = r.integers(3, L - 4, N)
   prompt_mask = np.arange(L)[None] >= (L - plen)[:, None]
   prompt = np.where(prompt_mask, r.integers(3, 17, (N, L)), 0).astype(np.int32)
+  if grouped:
+    prompt, prompt_mask = np.repeat(prompt[::G], G, 0), np.repeat(prompt_mask[::G], G, 0)
   rlen = r.integers(1, 13, N)
   mask = np.arange(T)[None] < rlen[:, None]
   tokens = np.where(mask, r.integers(3, 17, (N, T)), 0).astype(np.int32)
@@ -64,21 +67,21 @@ def loss_config(algo):
   return c
 
 
-def one_step(tiny, c, arrays, tx, *, rows, fused, trim, ref_params=None):
-  """rl.update as the trainer drives it -> (params, metrics). rows/fused/trim: which skips are on."""
+def one_step(tiny, c, arrays, tx, *, rows, fused, trim, ref_params=None, share=False):
+  """rl.update as the trainer drives it -> (params, metrics). rows/fused/trim/share: which skips are on."""
   graphdef, params, mesh = tiny
   a = dict(arrays)
   logp_fn = update.make_logp_fn(graphdef, (1.0, 0, 1.0))
   micro = c.train.micro_batch_size
   live = update.live_rows(a, update.zero_adv_has_gradient(c.loss)) if rows else None
   if not fused:
-    a["old_logp"] = update.forward(logp_fn, params, a, micro, mesh, rows=live, trim=trim)
+    a["old_logp"] = update.forward(logp_fn, params, a, micro, mesh, rows=live, trim=trim, share=share)
   if ref_params is not None:
-    a["ref_logp"] = update.forward(logp_fn, ref_params, a, micro, mesh, rows=live, trim=trim)
+    a["ref_logp"] = update.forward(logp_fn, ref_params, a, micro, mesh, rows=live, trim=trim, share=share)
   fn = update.make_update_fn(graphdef, tx, update.loss_static(c.loss))
   p = jax.tree.map(jnp.copy, params)
   p, _, met = update.run_epochs(fn, p, tx.init(p), a, update.loss_hparams(c.loss), c.train, seed=0, step=0,
-                                mesh=mesh, rows=live, trim=trim, agg=c.loss.agg)
+                                mesh=mesh, rows=live, trim=trim, agg=c.loss.agg, share=share)
   return p, met
 
 
@@ -144,6 +147,54 @@ def test_several_minibatches_and_epochs(tiny):
   assert moved(p_full, tiny[1]) > 1e-4 and m["skipped_zero_adv"] == 0
 
 
+@pytest.mark.parametrize("algo,micro,mbs", [
+    pytest.param("grpo", 0, 1, marks=pytest.mark.slow), ("psr", 4, 1),
+    pytest.param("nsr", 8, 1, marks=pytest.mark.slow), ("kl", 0, 1),
+    pytest.param("dr_grpo", 4, 2, marks=pytest.mark.slow)])   # ~20-40 s each on 2 cores: 2 in CI
+def test_shared_prompt_gives_the_same_parameters(tiny, algo, micro, mbs):
+  """train.share_prompt: each micro-batch's distinct prompts computed once. PSR / NSR keep only some rows of a
+  group, so with micro 4 the live rows of a group are split across micro-batches (ragged); KL: every row is
+  live, with a separate reference forward (shared too); 2 minibatches: the rows are permuted, then regrouped by
+  prompt, with a separate old-policy forward (shared too)."""
+  c = loss_config(algo)
+  c.train.micro_batch_size, c.train.minibatches = micro, mbs
+  arrays = make_arrays(algo, seed=3, grouped=True)
+  tx = optax.sgd(1.0) if mbs == 1 else optax.adam(1e-3)
+  ref = None
+  if algo == "kl":
+    ref = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), tiny[1])
+  base = dict(rows=True, fused=mbs == 1, trim=True, ref_params=ref)
+  p_plain, m_plain = one_step(tiny, c, arrays, tx, share=False, **base)
+  p_share, m_share = one_step(tiny, c, arrays, tx, share=True, **base)
+  assert moved(p_plain, tiny[1]) > 1e-4
+  tol = 1e-6 * max(1.0, moved(p_plain, tiny[1])) if mbs == 1 else 1e-5   # Adam: see the test above
+  assert max_diff(p_share, p_plain) < tol
+  assert m_share["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
+  assert m_share["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)
+  assert m_share["update_rows"] == m_plain["update_rows"] == m_plain["update_prompt_rows"]
+  assert m_share["update_prompt_rows"] <= m_plain["update_rows"] / 2   # groups of 4: the prompt part shared
+
+
+def test_group_prompts():
+  arrays = make_arrays("grpo", grouped=True)
+  order = np.random.default_rng(0).permutation(N)
+  sub = {k: v[order] for k, v in arrays.items()}
+  ids = update.prompt_groups(sub)
+  assert ids[0] == 0 and sorted(set(ids)) == list(range(N // G))
+  for a, b in zip(order, ids):   # same id <=> same prompt
+    assert all((ids == b)[j] == np.array_equal(arrays["prompt"][a], sub["prompt"][j]) for j in range(N))
+  mb = {k: v.reshape(2, N // 2, *v.shape[1:]) for k, v in sub.items()}
+  out = update.group_prompts(mb)
+  U = out["prompt"].shape[1]
+  assert U == 4 and out["prompt_idx"].shape == (2, N // 2) and out["tokens"] is mb["tokens"]
+  for m in range(2):
+    np.testing.assert_array_equal(out["prompt"][m][out["prompt_idx"][m]], mb["prompt"][m])
+    np.testing.assert_array_equal(out["prompt_mask"][m][out["prompt_idx"][m]], mb["prompt_mask"][m])
+  # every row its own prompt: nothing to share, returned as is
+  mb = {k: v.reshape(4, 4, *v.shape[1:]) for k, v in make_arrays("grpo").items()}
+  assert update.group_prompts(mb) is mb
+
+
 def test_no_live_row_skips_the_optimizer_step(tiny):
   c = loss_config("grpo")
   arrays = make_arrays("grpo")
@@ -175,7 +226,11 @@ def test_trainer_step_with_and_without_skips(tmp_path):
     c = config.tiny_overrides(config.base("grpo"))
     c.total_steps = 1
     c.rollout.max_new_tokens = 6
-    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding"):
+    # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 it turns float-level differences of near-zero
+    # gradient entries (another summation order: shared prompts) into ~1e-4 parameter differences; eps 1
+    # makes the step proportional to the gradient (measured: 7e-9 apart for a 5e-4 step)
+    c.optim.eps = 1.0
+    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding", "share_prompt"):
       c.train[k] = on
     t = trainer.Trainer(c, str(tmp_path / str(on)))
     state, row, batch = t.train_step(t.state, 0)
@@ -184,6 +239,7 @@ def test_trainer_step_with_and_without_skips(tmp_path):
   np.testing.assert_array_equal(b0.tokens, b1.tokens)
   assert max_diff(p0, p1) < 1e-6
   assert r1["loss/total"] == pytest.approx(r0["loss/total"], rel=1e-5, abs=1e-7)
-  assert r1["update/rows"] <= r0["update/rows"] == len(b0.tokens)
+  assert r1["update/rows"] <= r0["update/rows"] == r0["update/prompt_rows"] == len(b0.tokens)
+  assert r1["update/prompt_rows"] <= r1["update/rows"]
   assert r1["updates/skipped_zero_adv"] == (r1["update/rows"] == 0)
   assert np.isfinite(r1["sampler_logp_diff"]) and r1["sampler_logp_diff"] >= 0
