@@ -75,6 +75,13 @@ def init_opt(tx, params, mesh):
   return jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
 
 
+def state_shardings(tx, params, mesh):
+  """-> the update's out_shardings (make_update_fn's `shardings`): (params' own shardings, `opt_state_shardings`,
+  replicated metrics). params: arrays or jax.ShapeDtypeStructs with shardings (experiments/plan.py)."""
+  return (jax.tree.map(lambda x: x.sharding, params), opt_state_shardings(tx, params, mesh),
+          NamedSharding(mesh, PS()))
+
+
 def put(tree, mesh, axis=0):
   """numpy arrays -> device arrays with dimension `axis` (rows) split over the mesh's batch axes."""
   return jax.tree.map(lambda a: sharding.shard_batch(a, mesh, axis), tree)
@@ -241,7 +248,7 @@ def all_finite(tree):
   return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
-def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
+def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False, shardings=None):
   """-> jitted update(params, opt_state, mb, hp, denoms=None) with mb arrays [M, micro, ...] (M micro-batches).
 
   mb: the `arrays` of the module docstring. Without old_logp the old policy is the current one: the loss uses
@@ -257,6 +264,11 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
   it) and every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
   donate: donate the params and opt_state buffers to the outputs (the caller must not use the inputs
   afterwards: pass copies to keep them); without it every update allocates a second copy of both.
+  shardings: the outputs' shardings, `state_shardings(tx, params, mesh)` of the params and optimizer state the
+  update is called with, so that what it returns is what it was called with: its next call reuses the compiled
+  executable. None: XLA picks the outputs' shardings, which can differ from the inputs' (the norms' and lm_head's
+  specs, P() instead of an equivalent spec on size-1 axes), so feeding the outputs back compiles the update a
+  second time (the trainer's step 2; minutes for a 7B model on a TPU).
   """
   sg = jax.lax.stop_gradient
 
@@ -275,7 +287,8 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
     met["lp_gap_tokens"] = drawn.sum()
     return loss, met
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
+                     **({} if shardings is None else dict(out_shardings=shardings)))
   def update(params, opt_state, mb, hp, denoms=None):
     max_len = mb["tokens"].shape[-1]
     if denoms is None:
