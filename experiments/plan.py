@@ -59,7 +59,7 @@ from models.transformer import param_shapes
 from rl import config as rl_config, trainer, update as rl_update
 from sampling import sampler
 
-VERSION = 5   # bump when the planner's programs or formulas change (invalidates the cache)
+VERSION = 6   # bump when the planner's programs or formulas change (invalidates the cache)
 GIB = 1024 ** 3
 
 # Per chip: HBM (GiB), peak dense bf16 FLOP/s, HBM bandwidth (bytes/s); Google Cloud TPU spec sheets.
@@ -99,9 +99,9 @@ def trainer_opt_state_shardings(tx, params, mesh):
   return rl_update.opt_state_shardings(tx, params, mesh)
 
 
-def trainer_logp_fn(graphdef, c):
+def trainer_logp_fn(graphdef, c, mesh):
   """-> jitted (params, x) -> (logp, entropy): the trainer's old-policy / reference forward."""
-  return rl_update.make_logp_fn(graphdef, sampling_key(c))
+  return rl_update.make_logp_fn(graphdef, sampling_key(c), mesh)
 
 
 def update_batch(mesh, M, micro, prompt_len, N, use_ref):
@@ -431,7 +431,7 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
     compiled, secs = _compile(update, (params, opt, mb, hp, update_denoms(c, mesh)))
     finish("update", compiled, secs, analytic_update(cfg, c, mb_rows, micro, T, n, tensor))
   if "logp" in phases and "logp" not in out:
-    compiled, secs = _compile(trainer_logp_fn(graphdef, c), (params, logp_batch(mesh, micro, prompt_len, N)))
+    compiled, secs = _compile(trainer_logp_fn(graphdef, c, mesh), (params, logp_batch(mesh, micro, prompt_len, N)))
     finish("logp", compiled, secs, analytic_logp(cfg, micro, T, n, tensor))
   if "sample" in phases and "sample" not in out:
     r = c.rollout

@@ -155,8 +155,8 @@ class Trainer:
         ("update", self.graphdef, self.mesh, opt_key, tuple(sorted(static.items())), sampling_key),
         lambda: update.make_update_fn(self.graphdef, self.tx, static, sampling_key, donate=True,
                                       shardings=update.state_shardings(self.tx, params, self.mesh)))
-    self.logp_fn = update.cached(("logp", self.graphdef, sampling_key),
-                                 lambda: update.make_logp_fn(self.graphdef, sampling_key))
+    self.logp_fn = update.cached(("logp", self.graphdef, self.mesh, sampling_key),
+                                 lambda: update.make_logp_fn(self.graphdef, sampling_key, self.mesh))
     self.hp = update.loss_hparams(c.loss)
     self.use_ref = c.loss.kl_kind != "none" or c.ref.reset_every > 0 or c.ref.reset_patience > 0
     # step and rng replicated on the mesh: global arrays when multi-process (Orbax saves them like the rest)

@@ -26,6 +26,7 @@ Work that cannot change the update is skipped, exactly (tests/test_update_skips.
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
 """
+import contextlib
 import functools
 import time
 
@@ -124,9 +125,18 @@ def cached(key, build):
   return _FN_CACHE[key]
 
 
-def make_logp_fn(graphdef, sampling):
-  """-> jitted (params, x) -> (logp, entropy), see `seq_logprobs`."""
-  return jax.jit(lambda params, x: seq_logprobs(graphdef, params, x, sampling))
+def in_mesh(mesh):
+  """Context for tracing the model under `mesh` (an abstract mesh: allowed inside jit), so its activations stay
+  split over the batch axes (models.transformer.split_rows); mesh None: no context (nothing constrained)."""
+  return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def make_logp_fn(graphdef, sampling, mesh=None):
+  """-> jitted (params, x) -> (logp, entropy), see `seq_logprobs`; mesh: the params' mesh (`in_mesh`)."""
+  def logp(params, x):
+    with in_mesh(mesh):
+      return seq_logprobs(graphdef, params, x, sampling)
+  return jax.jit(logp)
 
 
 def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False):
@@ -290,6 +300,10 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False, s
   @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
                      **({} if shardings is None else dict(out_shardings=shardings)))
   def update(params, opt_state, mb, hp, denoms=None):
+    with in_mesh(None if shardings is None else shardings[2].mesh):
+      return update_in_mesh(params, opt_state, mb, hp, denoms)
+
+  def update_in_mesh(params, opt_state, mb, hp, denoms):
     max_len = mb["tokens"].shape[-1]
     if denoms is None:
       m = mb["mask"] & mb["keep"][..., None]
