@@ -1,8 +1,12 @@
 """experiments/plan.py: analytic FLOPs vs XLA's own count on loop-free programs, the flash attention's pair count
 against a NumPy count of its visited blocks, and the memory of the tiny model's update and sampler programs
 compiled for a TPU v5e:2x2 (4 chips) against a hand count (skipped without libtpu)."""
+import glob
+import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +199,23 @@ def test_logprob_forward_keeps_rows_split_on_the_tpu_program():
   # the layout the fix removes (if XLA ever stops choosing it, this test needs a new witness)
   assert 16 in _logits_rows(free, 4096)
   assert plan.memory(split)["temp"] < plan.memory(free)["temp"]
+
+
+def test_table_cli_renders_the_committed_plans():
+  """`python -m experiments.plan --table docs/plans` (the README's command): one row per cached phase, read back
+  from the JSON files (no compiling)."""
+  files = sorted(glob.glob(os.path.join(ROOT, "docs", "plans", "*.json")))
+  if not files:
+    pytest.skip("no cached plans in docs/plans")
+  r = subprocess.run([sys.executable, "-m", "experiments.plan", "--table", "docs/plans"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [x for x in r.stdout.splitlines() if x.startswith("| ")]
+  for f in files:
+    with open(f) as fh:
+      res = json.load(fh)
+    s = res["setup"]
+    for p in ("sample", "logp", "update"):
+      if p in res:
+        gib = f"{res[p]['hbm_gib']['total']:.1f}"
+        assert any(f"| {s['topology']} ({s['chips']}) |" in x and f"| {p} | {gib}" in x for x in rows), (f, p)
