@@ -415,7 +415,7 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       # uncounted) though it counts them at scale: take the analytic live set when larger, keep XLA's figure.
       mem = dict(mem, xla_temp=mem["temp"], temp=est["temp_bytes"])
       mem["total"] = mem["args"] + mem["out"] - mem["alias"] + mem["temp"] + mem["code"]
-    r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items()}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
+    r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items() if k != "oom"}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
              compile_s=secs, est=est, roofline=roofline(est, chip),
              xla_cost=xla_cost(compiled) if not isinstance(compiled, dict) else {})
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
