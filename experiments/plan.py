@@ -45,6 +45,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: sever
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax.experimental import topologies
@@ -58,7 +59,7 @@ from models.transformer import param_shapes
 from rl import config as rl_config, trainer, update as rl_update
 from sampling import sampler
 
-VERSION = 4   # bump when the planner's programs or formulas change (invalidates the cache)
+VERSION = 6   # bump when the planner's programs or formulas change (invalidates the cache)
 GIB = 1024 ** 3
 
 # Per chip: HBM (GiB), peak dense bf16 FLOP/s, HBM bandwidth (bytes/s); Google Cloud TPU spec sheets.
@@ -84,11 +85,12 @@ def sampling_key(c):
   return float(c.rollout.temperature), int(c.rollout.top_k), float(c.rollout.top_p)
 
 
-def trainer_update_fn(graphdef, c):
+def trainer_update_fn(graphdef, c, params, mesh):
   """-> (jitted update(params, opt_state, mb, hp), optax tx, hp): exactly what rl.trainer.Trainer runs."""
   updates_per_step = c.train.ppo_epochs * c.train.minibatches
   tx, _ = rl_update.make_optimizer(c.optim, updates_per_step, c.total_steps)
-  fn = rl_update.make_update_fn(graphdef, tx, rl_update.loss_static(c.loss), sampling_key(c), donate=True)
+  fn = rl_update.make_update_fn(graphdef, tx, rl_update.loss_static(c.loss), sampling_key(c), donate=True,
+                                shardings=rl_update.state_shardings(tx, params, mesh))
   return fn, tx, rl_update.loss_hparams(c.loss)
 
 
@@ -97,9 +99,9 @@ def trainer_opt_state_shardings(tx, params, mesh):
   return rl_update.opt_state_shardings(tx, params, mesh)
 
 
-def trainer_logp_fn(graphdef, c):
+def trainer_logp_fn(graphdef, c, mesh):
   """-> jitted (params, x) -> (logp, entropy): the trainer's old-policy / reference forward."""
-  return rl_update.make_logp_fn(graphdef, sampling_key(c))
+  return rl_update.make_logp_fn(graphdef, sampling_key(c), mesh)
 
 
 def update_batch(mesh, M, micro, prompt_len, N, use_ref):
@@ -112,6 +114,15 @@ def update_batch(mesh, M, micro, prompt_len, N, use_ref):
   if use_ref:
     mb["ref_logp"] = sds((M, micro, N), jnp.float32)
   return mb
+
+
+def update_denoms(c, mesh):
+  """The update's `denoms` argument as rl.update.run_epochs passes it: the whole minibatch's loss denominators
+  (host_denominators, replicated scalars) when rows are skipped or columns trimmed, else None (computed inside)."""
+  if not (c.train.skip_zero_adv_rows or c.train.trim_padding):
+    return None
+  d = rl_update.host_denominators(np.ones((1, 1), bool), c.loss.agg, 1)
+  return {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P())) for k in d}
 
 
 def logp_batch(mesh, micro, prompt_len, N):
@@ -404,7 +415,7 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       # uncounted) though it counts them at scale: take the analytic live set when larger, keep XLA's figure.
       mem = dict(mem, xla_temp=mem["temp"], temp=est["temp_bytes"])
       mem["total"] = mem["args"] + mem["out"] - mem["alias"] + mem["temp"] + mem["code"]
-    r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items()}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
+    r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items() if k != "oom"}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
              compile_s=secs, est=est, roofline=roofline(est, chip),
              xla_cost=xla_cost(compiled) if not isinstance(compiled, dict) else {})
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
@@ -413,14 +424,14 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       on_phase(out)
 
   if "update" in phases and "update" not in out:
-    update, tx, hp = trainer_update_fn(graphdef, c)
+    update, tx, hp = trainer_update_fn(graphdef, c, params, mesh)
     opt = abstract_opt_state(tx, params, mesh)
     mb = update_batch(mesh, mb_rows // micro, micro, prompt_len, N, use_ref)
     hp = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in hp}
-    compiled, secs = _compile(update, (params, opt, mb, hp))
+    compiled, secs = _compile(update, (params, opt, mb, hp, update_denoms(c, mesh)))
     finish("update", compiled, secs, analytic_update(cfg, c, mb_rows, micro, T, n, tensor))
   if "logp" in phases and "logp" not in out:
-    compiled, secs = _compile(trainer_logp_fn(graphdef, c), (params, logp_batch(mesh, micro, prompt_len, N)))
+    compiled, secs = _compile(trainer_logp_fn(graphdef, c, mesh), (params, logp_batch(mesh, micro, prompt_len, N)))
     finish("logp", compiled, secs, analytic_logp(cfg, micro, T, n, tensor))
   if "sample" in phases and "sample" not in out:
     r = c.rollout
@@ -542,8 +553,19 @@ def markdown_table(results) -> str:
 
 # ============================================================================ CLI with a cache
 
+# The config keys the compiled programs and the estimates depend on (None: the whole section). The cache key hashes
+# only these, so a config key added for something else (rewards, logging, the trainer's host-side options) does
+# not invalidate finished compiles; a change to the programs' code bumps VERSION instead.
+PROGRAM_KEYS = {"model": ("dtype", "param_dtype", "remat"), "mesh": None, "loss": None, "optim": None,
+                "rollout": ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_k", "top_p"),
+                "train": ("ppo_epochs", "minibatches", "micro_batch_size", "skip_zero_adv_rows", "trim_padding"),
+                "total_steps": None}
+
+
 def cache_key(hf: dict, topology: str, c, prompt_len: int) -> str:
-  blob = json.dumps([VERSION, hf, topology, c.to_dict(), prompt_len], sort_keys=True, default=str)
+  d = c.to_dict()
+  prog = {k: (d[k] if keys is None else {x: d[k][x] for x in keys}) for k, keys in PROGRAM_KEYS.items()}
+  blob = json.dumps([VERSION, hf, topology, prog, prompt_len], sort_keys=True, default=str)
   return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

@@ -7,19 +7,20 @@ set -u
 cd "$(dirname "$0")/.."
 M=experiments/model_configs C=experiments/configs/paper
 RUNS=(
-  "$M/qwen2.5-math-1.5b.json v5e:2x4 $C/prorl_qwen2.5_math_1.5b.py"
-  "$M/qwen2.5-math-7b.json v5p:2x2x2 $C/nsr_qwen2.5_math_7b.py"
+  # every paper config on one 8-chip topology where it fits first, the 32-chip 7B/8B ones last
   "$M/qwen2.5-math-1.5b.json v5e:2x4 $C/dash_qwen2.5_math_1.5b.py"
-  "$M/qwen2.5-math-7b.json v6e:2x4 $C/nsr_qwen2.5_math_7b.py"
+  "$M/qwen2.5-math-7b.json v5p:2x2x2 $C/nsr_qwen2.5_math_7b.py"
+  "$M/qwen2.5-math-1.5b.json v5e:2x4 $C/prorl_qwen2.5_math_1.5b.py"
   "$M/qwen2.5-math-1.5b.json v6e:2x4 $C/prorl_qwen2.5_math_1.5b.py"
+  "$M/qwen2.5-math-7b.json v6e:2x4 $C/nsr_qwen2.5_math_7b.py"
   "$M/qwen2.5-math-1.5b.json v5p:2x2x2 $C/prorl_qwen2.5_math_1.5b.py"
-  "$M/qwen2.5-math-7b.json v5e:2x4 $C/nsr_qwen2.5_math_7b.py"
   "$M/qwen2.5-math-1.5b.json v6e:2x4 $C/dash_qwen2.5_math_1.5b.py"
   "$M/qwen2.5-math-1.5b.json v5p:2x2x2 $C/dash_qwen2.5_math_1.5b.py"
+  "$M/qwen2.5-math-7b.json v5e:2x4 $C/nsr_qwen2.5_math_7b.py"
+  "$M/qwen2.5-0.5b-instruct.json v5e:2x4 $C/dash_qwen2.5_math_1.5b.py"
   "$M/qwen2.5-math-7b.json v5p:2x4x4 $C/nsr_qwen2.5_math_7b.py"
   "$M/qwen3-8b.json v5p:2x4x4 $C/nsr_qwen2.5_math_7b.py"
   "$M/llama-3.1-8b.json v5p:2x4x4 $C/nsr_qwen2.5_math_7b.py"
-  "$M/qwen2.5-0.5b-instruct.json v5e:2x4 $C/dash_qwen2.5_math_1.5b.py"
 )
 n=${1:-${#RUNS[@]}}
 for r in "${RUNS[@]:0:$n}"; do

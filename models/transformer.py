@@ -236,6 +236,21 @@ def apply_rope(x, cos, sin):
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+def split_rows(x):
+  """x [B, ...] constrained to be split over the batch axes ("data", "fsdp") of the context mesh
+  (`jax.sharding.use_abstract_mesh`, entered by rl.update's jitted functions); unchanged without one, or
+  when B does not divide. Without it GSPMD propagates the FSDP weights' split of D to the activations:
+  every chip then holds the MLP intermediates and logits of ALL rows (8x the memory on 8 chips) and
+  all-reduces them each layer, instead of gathering the layer's weights (docs/scaling.md)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  names = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+  if not names or x.shape[0] % math.prod(mesh.shape[a] for a in names):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(names))
+
+
 def rms_norm(x, w, eps):
   """x [..., D], w [D] -> [..., D] in x.dtype (variance in f32, as HF)."""
   xf = x.astype(jnp.float32)
@@ -558,11 +573,11 @@ class Decoder(nnx.Module):
     cos, sin = rope_cos_sin(cfg, positions)
 
     def body(x, p):
-      return _layer_full(cfg, p, x, cos, sin, mask, attention_mask), None
+      return _layer_full(cfg, p, split_rows(x), cos, sin, mask, attention_mask), None
 
     body = jax.checkpoint(body, policy=None if cfg.remat else _SAVE_DOTS)
     x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.values())
-    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    return split_rows(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
 
   def __call__(self, tokens, positions=None, attention_mask=None):
     """tokens int32 [B,T] -> logits f32 [B,T,V]."""
@@ -761,7 +776,7 @@ class Decoder(nnx.Module):
     @jax.checkpoint
     def chunk(args):
       hc, tc = args
-      tc = tc.astype(jnp.int32)
+      hc, tc = split_rows(hc), split_rows(tc.astype(jnp.int32))
       logits = self._logits(hc, w)
       lse = jax.nn.logsumexp(logits, axis=-1)
       probs = jax.nn.softmax(logits, axis=-1)

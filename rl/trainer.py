@@ -149,12 +149,14 @@ class Trainer:
     # the trainer's log-probs replay the sampler's distribution (temperature, top-k, top-p)
     sampling_key = (float(c.rollout.temperature), int(c.rollout.top_k), float(c.rollout.top_p))
     static = update.loss_static(c.loss)
-    # donated: run_epochs's params/opt_state inputs are deleted by each update (no second copy of either)
-    self.update = update.cached(("update", self.graphdef, opt_key, tuple(sorted(static.items())), sampling_key),
-                                lambda: update.make_update_fn(self.graphdef, self.tx, static, sampling_key,
-                                                              donate=True))
-    self.logp_fn = update.cached(("logp", self.graphdef, sampling_key),
-                                 lambda: update.make_logp_fn(self.graphdef, sampling_key))
+    # donated: run_epochs's params/opt_state inputs are deleted by each update (no second copy of either);
+    # its outputs pinned to the shardings of the state it is called with (else step 2 compiles it again)
+    self.update = update.cached(
+        ("update", self.graphdef, self.mesh, opt_key, tuple(sorted(static.items())), sampling_key),
+        lambda: update.make_update_fn(self.graphdef, self.tx, static, sampling_key, donate=True,
+                                      shardings=update.state_shardings(self.tx, params, self.mesh)))
+    self.logp_fn = update.cached(("logp", self.graphdef, self.mesh, sampling_key),
+                                 lambda: update.make_logp_fn(self.graphdef, sampling_key, self.mesh))
     self.hp = update.loss_hparams(c.loss)
     self.use_ref = c.loss.kl_kind != "none" or c.ref.reset_every > 0 or c.ref.reset_patience > 0
     # step and rng replicated on the mesh: global arrays when multi-process (Orbax saves them like the rest)

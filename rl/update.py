@@ -30,6 +30,7 @@ Work that cannot change the update is skipped, exactly (tests/test_update_skips.
 The trainer's log-probs are those of the distribution the sampler drew from: the same temperature and the
 top-k / top-p masks replayed (`Decoder.token_logprobs(..., temperature, top_k, top_p)`).
 """
+import contextlib
 import functools
 import time
 
@@ -77,6 +78,13 @@ def opt_state_shardings(tx, params, mesh):
 def init_opt(tx, params, mesh):
   """Optimizer state on the mesh: moments sharded like params, scalars replicated (as the update returns)."""
   return jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
+
+
+def state_shardings(tx, params, mesh):
+  """-> the update's out_shardings (make_update_fn's `shardings`): (params' own shardings, `opt_state_shardings`,
+  replicated metrics). params: arrays or jax.ShapeDtypeStructs with shardings (experiments/plan.py)."""
+  return (jax.tree.map(lambda x: x.sharding, params), opt_state_shardings(tx, params, mesh),
+          NamedSharding(mesh, PS()))
 
 
 def put(tree, mesh, axis=0):
@@ -134,9 +142,18 @@ def cached(key, build):
   return _FN_CACHE[key]
 
 
-def make_logp_fn(graphdef, sampling):
-  """-> jitted (params, x) -> (logp, entropy), see `seq_logprobs`."""
-  return jax.jit(lambda params, x: seq_logprobs(graphdef, params, x, sampling))
+def in_mesh(mesh):
+  """Context for tracing the model under `mesh` (an abstract mesh: allowed inside jit), so its activations stay
+  split over the batch axes (models.transformer.split_rows); mesh None: no context (nothing constrained)."""
+  return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def make_logp_fn(graphdef, sampling, mesh=None):
+  """-> jitted (params, x) -> (logp, entropy), see `seq_logprobs`; mesh: the params' mesh (`in_mesh`)."""
+  def logp(params, x):
+    with in_mesh(mesh):
+      return seq_logprobs(graphdef, params, x, sampling)
+  return jax.jit(logp)
 
 
 def forward(logp_fn, params, arrays, micro, mesh, rows=None, trim=False, share=False):
@@ -295,7 +312,7 @@ def all_finite(tree):
   return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
-def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
+def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False, shardings=None):
   """-> jitted update(params, opt_state, mb, hp, denoms=None) with mb arrays [M, micro, ...] (M micro-batches).
 
   mb: the `arrays` of the module docstring. Without old_logp the old policy is the current one: the loss uses
@@ -311,6 +328,11 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
   it) and every leaf of the new params and optimizer state are finite: one fused reduction, no host sync.
   donate: donate the params and opt_state buffers to the outputs (the caller must not use the inputs
   afterwards: pass copies to keep them); without it every update allocates a second copy of both.
+  shardings: the outputs' shardings, `state_shardings(tx, params, mesh)` of the params and optimizer state the
+  update is called with, so that what it returns is what it was called with: its next call reuses the compiled
+  executable. None: XLA picks the outputs' shardings, which can differ from the inputs' (the norms' and lm_head's
+  specs, P() instead of an equivalent spec on size-1 axes), so feeding the outputs back compiles the update a
+  second time (the trainer's step 2; minutes for a 7B model on a TPU).
   """
   sg = jax.lax.stop_gradient
 
@@ -329,8 +351,13 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False):
     met["lp_gap_tokens"] = drawn.sum()
     return loss, met
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
+                     **({} if shardings is None else dict(out_shardings=shardings)))
   def update(params, opt_state, mb, hp, denoms=None):
+    with in_mesh(None if shardings is None else shardings[2].mesh):
+      return update_in_mesh(params, opt_state, mb, hp, denoms)
+
+  def update_in_mesh(params, opt_state, mb, hp, denoms):
     max_len = mb["tokens"].shape[-1]
     if denoms is None:
       m = mb["mask"] & mb["keep"][..., None]

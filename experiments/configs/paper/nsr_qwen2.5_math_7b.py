@@ -5,9 +5,10 @@ token-mean, no KL. The paper's other arms are other algos: edit `scale.base("nsr
 
   python -m experiments.plan --model experiments/model_configs/qwen2.5-math-7b.json --topology v5p:2x2x2 \
       --config experiments/configs/paper/nsr_qwen2.5_math_7b.py
-Mesh: FSDP over all chips (scale.base). Memory: the update compiled for v5p:2x2x2 needs 34.9 GiB per chip (of 95;
-docs/scaling.md); analytic for the rest: fits v5p:2x2x2 with FSDP over all chips; on v6e:2x4 the sampler (512 rows
-x 3.6k tokens of KV + gathered bf16 weights) is at the 32 GiB limit; not on v5e (16 GiB).
+Mesh: FSDP over all chips (scale.base). Memory (compiled for v5p:2x2x2, planner version 6, docs/scaling.md): update
+27.4, log-probs 6.4, sampler 30.4 GiB per chip (of 95; 16.9 by XLA's own count): fits. On v6e:2x4 (32 GiB chips):
+update 29.2, log-probs 6.3, sampler 30.3 GiB (with the planner's gathered-weights margin): fits, at the limit. Not on
+v5e (16 GiB).
 """
 from experiments.configs.paper import scale
 

@@ -2,11 +2,12 @@
 has the same shapes), 16 samples per prompt at temperature 1.2, decoupled clip 0.2/0.4, k3 KL to a reference
 that is reset periodically (with the optimizer), DAPO dynamic sampling, 8k-token responses.
 
-  python -m experiments.plan --model experiments/model_configs/qwen2.5-math-1.5b.json --topology v5e:2x4 \
+  python -m experiments.plan --model experiments/model_configs/qwen2.5-math-1.5b.json --topology v6e:2x4 \
       --config experiments/configs/paper/prorl_qwen2.5_math_1.5b.py
-Mesh: FSDP over all chips (scale.base). Memory (compiled, docs/scaling.md): update 14.9 GiB, log-probs 5.9 GiB
-per chip on v5e:2x4; the sampler's last chunk holds 512 rows x 8192 slots of KV = 14 GiB per chip, 15.6 GiB in
-all by XLA's count: at the limit of v5e's 16 GiB chips. Use v6e:2x4 / v5p:2x2x2, or on v5e:2x4 set
+Mesh: FSDP over all chips (scale.base). Memory (compiled, planner version 6, docs/scaling.md): update 10.6 GiB,
+log-probs 2.5 GiB per chip on v5e:2x4 and v6e:2x4; the sampler's last chunk holds 512 rows x 8192 slots of KV =
+14 GiB per chip, 15.6 GiB in all by XLA's count, 18.2 with the planner's gathered-weights margin: fits v6e:2x4
+(32 GiB chips), not v5e's 16 GiB by the planner's count. Use v6e:2x4 / v5p:2x2x2, or on v5e:2x4 set
 --config.rollout.prompts_per_step=16 (the sampler pads prompts to a power of two).
 """
 from experiments.configs.paper import scale
