@@ -80,7 +80,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       prompts_per_step=8, group_size=8, max_new_tokens=2,
       temperature=1.0, top_p=1.0, top_k=0,   # the sampler's; the trainer's log-probs replay the same distribution
       reward_timeout=1.0, reward_workers=2,
-      chunk_size=0,            # sampler decode steps per compiled chunk (0 = auto: rl.rollout.sampler_chunk)
+      chunk_size=0,            # sampler decode steps per compiled chunk (0 = the sampler's 128; rl.rollout.sampler_chunk)
   ))
   c.algo = algo               # rl.algorithms.REGISTRY
   c.adv = ml_collections.ConfigDict(dict(normalize_std=True, lam=0.1))   # lam: W-REINFORCE positive weight
