@@ -9,7 +9,6 @@ Prints the loss of both (they must agree: same weights, same formula) and a Mark
 """
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -22,19 +21,10 @@ import numpy as np
 from flax import nnx
 
 import models
+from bench_step import machine_name   # experiments/ is this script's sys.path[0]
 from rl import advantages, losses
 
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28
-
-
-def machine_name():
-  cpu = platform.processor() or "CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{os.cpu_count()}-core {cpu} CPU"
 
 
 def make_batch(B, T, vocab, prompt_len, group_size, seed=0):
