@@ -255,8 +255,9 @@ def _bytes(name):
   return jnp.dtype(name).itemsize
 
 
-def analytic_update(cfg, c, rows, micro, T, n_chips, tensor):
-  """One minibatch update: rows = minibatch size, T = prompt + response - 1 positions. Per chip.
+def analytic_update(cfg, c, rows, micro, T, n_chips, tensor, scored=None):
+  """One minibatch update: rows = minibatch size, T = prompt + response - 1 positions, scored = positions where
+  the LM head runs (the response: `Decoder.token_logprobs(start=)`; default T). Per chip.
 
   FLOPs executed: matmuls x (3, or 4 with remat: the layer forward is recomputed in the backward), the
   log-prob chunks are rematerialised too. Attention (`attention_pairs`): the plain one costs 1 forward + 2
@@ -273,7 +274,8 @@ def analytic_update(cfg, c, rows, micro, T, n_chips, tensor):
                           cfg.intermediate_size, cfg.num_kv_heads)
   pc = param_counts(cfg)
   passes = 4 if cfg.remat else 3
-  mm = 2 * rows * T * pc["matmul"]
+  scored = T if scored is None else scored
+  mm = 2 * rows * (T * (pc["matmul"] - D * V) + scored * D * V)
   ap = attention_pairs(T)
   attn = 4 * rows * ap["pairs"] * L * H * Dh            # one attention forward (QK^T and PV)
   fwd_passes = 2 if cfg.remat else 1
@@ -291,13 +293,14 @@ def analytic_update(cfg, c, rows, micro, T, n_chips, tensor):
               tokens=rows * (T + 1))
 
 
-def analytic_logp(cfg, rows, T, n_chips, tensor):
+def analytic_logp(cfg, rows, T, n_chips, tensor, scored=None):
   """The log-prob forward of one micro-batch (per chip): weights once, activations, scores, logits."""
   L, H, Dh, D, V, F, K = (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.hidden_size, cfg.vocab_size,
                           cfg.intermediate_size, cfg.num_kv_heads)
   pc = param_counts(cfg)
   pairs = attention_pairs(T)["pairs"]
-  fwd = 2 * rows * T * pc["matmul"] + 4 * rows * pairs * L * H * Dh
+  scored = T if scored is None else scored   # the LM head runs only over the response positions
+  fwd = 2 * rows * (T * (pc["matmul"] - D * V) + scored * D * V) + 4 * rows * pairs * L * H * Dh
   model = 2 * rows * T * pc["matmul"] + 4 * rows * T * (T / 2) * L * H * Dh
   elems = 2 * D + (H + 2 * K) * Dh + H * Dh + 3 * F + D
   b = (pc["total"] * _bytes(cfg.dtype) / tensor + (rows * T * L * 6 * elems + rows * L * H * pairs * 16
@@ -429,10 +432,10 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
     mb = update_batch(mesh, mb_rows // micro, micro, prompt_len, N, use_ref)
     hp = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in hp}
     compiled, secs = _compile(update, (params, opt, mb, hp, update_denoms(c, mesh)))
-    finish("update", compiled, secs, analytic_update(cfg, c, mb_rows, micro, T, n, tensor))
+    finish("update", compiled, secs, analytic_update(cfg, c, mb_rows, micro, T, n, tensor, N))
   if "logp" in phases and "logp" not in out:
     compiled, secs = _compile(trainer_logp_fn(graphdef, c, mesh), (params, logp_batch(mesh, micro, prompt_len, N)))
-    finish("logp", compiled, secs, analytic_logp(cfg, micro, T, n, tensor))
+    finish("logp", compiled, secs, analytic_logp(cfg, micro, T, n, tensor, N))
   if "sample" in phases and "sample" not in out:
     r = c.rollout
     progs, shapes = sampler_programs(graphdef, params, mesh, prompts=r.prompts_per_step,
@@ -476,8 +479,8 @@ def analytic_plan(hf: dict, topology: str, c, *, prompt_len: int) -> dict:
                         max_new_tokens=N, updates_per_step=c.train.ppo_epochs * c.train.minibatches,
                         logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1)))
   for name, est in (("sample", analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype))),
-                    ("logp", analytic_logp(cfg, micro, T, n, tensor)),
-                    ("update", analytic_update(cfg, c, mb_rows, micro, T, n, tensor))):
+                    ("logp", analytic_logp(cfg, micro, T, n, tensor, N)),
+                    ("update", analytic_update(cfg, c, mb_rows, micro, T, n, tensor, N))):
     rf = roofline(est, chip)
     out[name] = dict(est=est, roofline=rf, tokens_per_s_chip=est["tokens"] / rf["time_s"] / n, fits=None)
   return out

@@ -51,7 +51,7 @@ def test_analytic_flops_match_xla_on_loop_free_programs(flash, monkeypatch):
   b = dict(prompt=sds((B, Lp), jnp.int32), prompt_mask=sds((B, Lp), bool), tokens=sds((B, N), jnp.int32),
            mask=sds((B, N), bool))
   xla = plan.xla_cost(plan.trainer_logp_fn(graphdef, c, mesh).lower(params, b).compile())
-  assert xla["flops"] == pytest.approx(plan.analytic_logp(cfg, B, T, 1, 1)["flops"], rel=0.05)
+  assert xla["flops"] == pytest.approx(plan.analytic_logp(cfg, B, T, 1, 1, N)["flops"], rel=0.05)
   update, tx, hp = plan.trainer_update_fn(graphdef, c, params, mesh)
   mb = {k: sds((1, *v.shape), v.dtype) for k, v in b.items()}
   mb.update(old_logp=sds((1, B, N), jnp.float32), logprobs=sds((1, B, N), jnp.float32), adv=sds((1, B), jnp.float32),
@@ -60,7 +60,7 @@ def test_analytic_flops_match_xla_on_loop_free_programs(flash, monkeypatch):
   xla = plan.xla_cost(lowered.compile())
   # matmuls: forward + remat forward + backward = 4 forwards (XLA skips a little of the recompute: within 10%);
   # attention: 2 forwards + a backward of 2 (plain) or 3.5 (flash) forwards
-  assert xla["flops"] == pytest.approx(plan.analytic_update(cfg, c, B, B, T, 1, 1)["flops"], rel=0.10)
+  assert xla["flops"] == pytest.approx(plan.analytic_update(cfg, c, B, B, T, 1, 1, N)["flops"], rel=0.10)
 
 
 def _tile_friendly_hf():
