@@ -104,6 +104,11 @@ def state_stats(tree, on_host=False):
 
 # ============================================================================ errors as one line
 
+def _names(paths):
+  """The first three leaf paths, ' ...' when there are more (for one-line errors)."""
+  return ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+
+
 def _one_line(e, limit=240):
   s = str(e).split("See full TensorStore details")[0].strip().replace("\n", " ")
   s = f"{type(e).__name__}: {s}" if s else type(e).__name__
@@ -181,8 +186,7 @@ class Checkpointer:
     """
     fps, bad = state_stats(state)
     if bad:
-      raise NonFiniteStateError(f"not saving checkpoint {self.step_dir(step)}: non-finite values in "
-                                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+      raise NonFiniteStateError(f"not saving checkpoint {self.step_dir(step)}: non-finite values in {_names(bad)}")
     meta = dict(meta, **{_INTEGRITY_KEY: {"format": 1, "fingerprints": fps}})
     try:
       self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -303,8 +307,7 @@ def save_snapshot(path: str, params):
   leaf in `path/fingerprints.json` (written by process 0 after the Orbax files), which `load_snapshot` checks."""
   fps, bad = state_stats(params)
   if bad:
-    raise NonFiniteStateError(f"not saving reference snapshot {path}: non-finite values in "
-                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    raise NonFiniteStateError(f"not saving reference snapshot {path}: non-finite values in {_names(bad)}")
   ckptr = ocp.StandardCheckpointer()
   try:
     ckptr.save(path, params, force=True)
