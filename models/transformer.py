@@ -757,6 +757,57 @@ class Decoder(nnx.Module):
     h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
     return self.head_logprobs(h, tokens, chunk_size, temperature, top_k, top_p)
 
+  def packed_prompt_logprobs(self, prompt, prompt_mask, prompt_idx, tokens, mask, pack, chunk_size: int = 128,
+                             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """`shared_prompt_logprobs` with the responses PACKED: several responses of one prompt share a packed row,
+    so the padding after short responses is not run through the layers.
+
+    prompt int [U,L], prompt_mask bool [U,L] (left-padded), prompt_idx int [B], tokens int [B,T], mask bool [B,T]
+    as in `shared_prompt_logprobs`. pack (`pack_responses` builds it) places response b's inputs tokens[b, :n_b-1]
+    (n_b = its last valid position + 1) at packed row pack["row"][b], columns pack["off"][b] .. + n_b - 2:
+      tok int [R,W]   the packed input tokens          tgt int [R,W]  the token each position predicts
+      seg int [R,W]   the response (b) of a position, -1 for unused columns
+      pos int [R,W]   its absolute position (prompt length + index among the response's valid tokens - 1)
+      ok bool [R,W]   the input token is a valid response token (a key others may attend to)
+      prompt int [R]  the prompt of the packed row (all its responses share it)
+      row, off int [B]
+    -> (logp f32 [B,T], entropy f32 [B,T]): position 0 from the prompt's last hidden state, positions t >= 1
+    from packed column off[b] + t - 1; equal to `shared_prompt_logprobs` within float tolerance where mask is
+    True (0 after a response's last valid token). A packed query attends to its prompt and to the earlier valid
+    positions of its own segment only, so packing changes no log-prob.
+    """
+    cfg = self.cfg
+    B, T = tokens.shape
+    prompt_mask, mask = prompt_mask.astype(bool), mask.astype(bool)
+    R, W = pack["tok"].shape
+    pos_p, _ = self._defaults(prompt, None, prompt_mask)                      # [U,L]
+    L = prompt.shape[1]
+    seg = pack["seg"]
+    mask_p = jnp.tril(jnp.ones((L, L), bool))[None] & prompt_mask[:, None, :]                  # [U,L,L]
+    own = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0) & pack["ok"][:, None, :]
+    mask_r = jnp.concatenate([jnp.broadcast_to(prompt_mask[pack["prompt"]][:, None, :], (R, W, L)),
+                              own & jnp.tril(jnp.ones((W, W), bool))[None]], -1)               # [R,W,L+W]
+    cs_p, cs_r = rope_cos_sin(cfg, pos_p), rope_cos_sin(cfg, pack["pos"])
+
+    def body(xs, p):
+      xp, xr = xs
+      qp, kp, vp = _qkv(cfg, p, xp, *cs_p)
+      qr, kr, vr = _qkv(cfg, p, xr, *cs_r)
+      op = _attend(cfg, qp, kp, vp, mask_p)
+      o_r = _attend2(qr, (kp[pack["prompt"]], kr), (vp[pack["prompt"]], vr), mask_r)
+      return (_finish(cfg, p, xp, op), _finish(cfg, p, xr, o_r)), None
+
+    body = jax.checkpoint(body, policy=None if cfg.remat else _SAVE_DOTS)
+    (xp, xr), _ = jax.lax.scan(body, (self._embed(prompt), self._embed(pack["tok"])), self.layers.values())
+    norm = lambda h: rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+    lp0, ent0 = self.head_logprobs(norm(xp[:, -1][prompt_idx][:, None]), tokens[:, :1], chunk_size,
+                                   temperature, top_k, top_p)                 # [B,1]
+    lpp, entp = self.head_logprobs(norm(xr), pack["tgt"], chunk_size, temperature, top_k, top_p)   # [R,W]
+    cols = jnp.clip(pack["off"][:, None] + jnp.arange(T - 1)[None], 0, W - 1)                     # [B,T-1]
+    inside = jnp.arange(1, T)[None] <= jnp.max(jnp.where(mask, jnp.arange(T)[None], 0), axis=1)[:, None]
+    un = lambda a: jnp.where(inside, a[pack["row"][:, None], cols], 0.0)
+    return jnp.concatenate([lp0, un(lpp)], 1), jnp.concatenate([ent0, un(entp)], 1)
+
   def head_logprobs(self, h, targets, chunk_size: int = 128, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0):
     """The unembedding, log-softmax and entropy of `token_logprobs` from final-normed hidden states:

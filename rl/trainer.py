@@ -181,7 +181,8 @@ class Trainer:
     params, opt_state, upd = update.run_epochs(self.update, state["params"], state["opt_state"], arrays, self.hp,
                                                c.train, seed=c.seed, step=step, mesh=self.mesh,
                                                rows=arrays.pop("live", None), trim=c.train.trim_padding,
-                                               agg=c.loss.agg, share=c.train.share_prompt)   # optax
+                                               agg=c.loss.agg, share=c.train.share_prompt,
+                                               pack=c.train.pack_responses)   # optax
     times["time/update"], times["time/step"] = time.perf_counter() - t1, time.perf_counter() - t0
     times["tokens_per_s"] = float(batch.mask.sum()) / max(times["time/step"], 1e-9)
     times.update({"updates/skipped_zero_adv": int(upd["skipped_zero_adv"]), "update/rows": int(upd["update_rows"]),

@@ -117,6 +117,11 @@ def seq_logprobs(graphdef, params, x, sampling=(1.0, 0, 1.0)):
   model = nnx.merge(graphdef, params)
   prompt, prompt_mask = x["prompt"], x["prompt_mask"]
   chunk = max(1, HEAD_TOKENS // x["tokens"].shape[0])   # time steps per [B,chunk,V] LM-head block
+  if "pk_tok" in x:   # packed responses (`pack_minibatch`)
+    pack = {k[3:]: x[k] for k in x if k.startswith("pk_")}
+    return model.packed_prompt_logprobs(prompt, prompt_mask, x["prompt_idx"], x["tokens"], x["mask"], pack,
+                                        temperature=temperature, top_k=top_k, top_p=top_p,
+                                        chunk_size=max(1, HEAD_TOKENS // x["pk_tok"].shape[0]))
   if "prompt_idx" in x:
     if prompt.shape[1] + x["tokens"].shape[1] - 1 < transformer._FLASH_MIN_T:
       return model.shared_prompt_logprobs(prompt, prompt_mask, x["prompt_idx"], x["tokens"], x["mask"],
@@ -281,6 +286,89 @@ def group_prompts(mb):
   return {**mb, "prompt": prompt, "prompt_mask": pmask, "prompt_idx": np.stack(ids).astype(np.int32)}
 
 
+def pack_minibatch(sub, n_live, micro, M):
+  """A minibatch whose first n_live rows are the live ones, ordered by prompt (`compact` after the prompt sort)
+  -> M micro-batches with the responses PACKED (`Decoder.packed_prompt_logprobs`): every response's inputs
+  (its n_b - 1 tokens before the last valid one, at least one column) go first-fit-decreasing into packed rows of
+  width W = T holding responses of one prompt; the packed rows fill the micro-batches in order, R per micro-batch
+  (R <= micro, rounded up to a multiple of micro / 4, so a half-empty minibatch computes about half).
+
+  sub: the `arrays` [N, ...] of the module docstring (N >= n_live). Returns a dict of [M, ...] arrays:
+    the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to C
+      (a multiple of 8) with copies of row n_live - 1 with keep = sampled = False (zero loss weight);
+    prompt / prompt_mask [M,U,L]: each micro-batch's distinct prompts (U a power of two), prompt_idx int32 [M,C];
+    pk_tok, pk_tgt, pk_seg, pk_pos int32, pk_ok bool [M,R,W]; pk_prompt int32 [M,R]; pk_row, pk_off int32 [M,C]
+      (the `pack` argument of `Decoder.packed_prompt_logprobs`, per micro-batch).
+  Micro-batches after the last used one hold only padding rows (the update skips them). Exact: a packed query
+  attends only to its prompt and its own response, the loss sees the unpacked [C,T] log-probs, and the loss
+  denominators are the whole minibatch's (`host_denominators`).
+  """
+  tokens, mask = np.asarray(sub["tokens"]), np.asarray(sub["mask"], bool)
+  T, L = tokens.shape[1], sub["prompt"].shape[1]
+  W = T
+  live = np.arange(n_live)
+  last = np.where(mask[:n_live].any(1), T - np.argmax(mask[:n_live, ::-1], 1), 1)     # n_b: last valid + 1
+  slots = np.maximum(last - 1, 1)
+  groups = prompt_groups({"prompt": sub["prompt"][:n_live], "prompt_mask": sub["prompt_mask"][:n_live]})
+  bins = []   # [group, fill, [(row, offset), ...]]
+  for g in range(int(groups.max()) + 1 if n_live else 0):
+    mine = []
+    for b in sorted(live[groups == g], key=lambda b: -slots[b]):
+      box = next((x for x in mine if x[1] + slots[b] <= W), None)
+      if box is None:
+        box = [g, 0, []]
+        mine.append(box)
+      box[2].append((b, box[1]))
+      box[1] += slots[b]
+    bins += mine
+  used = max(1, -(-len(bins) // micro))
+  if used > M:
+    raise AssertionError(f"pack_minibatch: {len(bins)} packed rows do not fit {M} micro-batches of {micro}")
+  step = max(1, micro // 4)
+  R = min(micro, -(-(-(-len(bins) // used)) // step) * step)
+  per_mb = [bins[i * R:(i + 1) * R] for i in range(M)]
+  C = max(8, -(-max(sum(len(x[2]) for x in mbins) for mbins in per_mb) // 8) * 8)
+  U = 1 << (max(1, max(len({x[0] for x in mbins}) for mbins in per_mb)) - 1).bit_length()
+  pad_row = max(n_live - 1, 0)
+  take = np.full((M, C), pad_row)
+  alive = np.zeros((M, C), bool)
+  slot_g = np.zeros((M, U), np.int64)                     # micro-batch prompt slot -> group
+  out = {k: np.zeros((M, R, W), np.int32) for k in ("pk_tok", "pk_tgt", "pk_pos")}
+  out["pk_seg"] = np.full((M, R, W), -1, np.int32)
+  out["pk_ok"] = np.zeros((M, R, W), bool)
+  out["pk_prompt"] = np.zeros((M, R), np.int32)
+  out["pk_row"] = np.zeros((M, C), np.int32)
+  out["pk_off"] = np.zeros((M, C), np.int32)
+  prompt_idx = np.zeros((M, C), np.int32)
+  plen = np.asarray(sub["prompt_mask"], bool).sum(1)
+  for m, mbins in enumerate(per_mb):
+    gslot, c = {}, 0
+    for r, (g, _, members) in enumerate(mbins):
+      u = gslot.setdefault(g, len(gslot))
+      slot_g[m, u] = g
+      out["pk_prompt"][m, r] = u
+      for b, off in members:
+        n = slots[b]
+        valid = mask[b, :n]
+        out["pk_tok"][m, r, off:off + n] = tokens[b, :n]
+        out["pk_tgt"][m, r, off:off + n] = tokens[b, 1:n + 1] if n + 1 <= T else np.append(tokens[b, 1:n + 1], 0)
+        out["pk_pos"][m, r, off:off + n] = np.maximum(plen[b] + np.cumsum(valid) - 1, 0)
+        out["pk_ok"][m, r, off:off + n] = valid
+        out["pk_seg"][m, r, off:off + n] = c
+        take[m, c], alive[m, c] = b, True
+        out["pk_row"][m, c], out["pk_off"][m, c], prompt_idx[m, c] = r, off, u
+        c += 1
+  first_of = np.zeros(int(groups.max()) + 1 if n_live else 1, np.int64)   # group -> a row holding its prompt
+  first_of[groups[::-1]] = live[::-1]
+  rows = {k: np.asarray(v)[take] for k, v in sub.items() if k not in ("prompt", "prompt_mask")}
+  for k in ("keep", "sampled"):
+    if k in rows:
+      rows[k] = rows[k] & alive
+  pk = first_of[slot_g]                                                   # [M,U] source rows of the prompts
+  return {**rows, **out, "prompt": np.asarray(sub["prompt"])[pk], "prompt_mask": np.asarray(sub["prompt_mask"])[pk],
+          "prompt_idx": prompt_idx}
+
+
 def host_denominators(mask, agg, max_len):
   """Loss denominators of a whole minibatch (mask & keep, bool [n,T]) as device scalars, plus max_len (the
   Dr.GRPO normaliser: the uncut response width) -> dict for update(..., denoms)."""
@@ -392,7 +480,7 @@ def make_update_fn(graphdef, tx, static, sampling=(1.0, 0, 1.0), donate=False, s
 
 
 def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, rows=None, trim=False,
-               agg="token-mean", share=False):
+               agg="token-mean", share=False, pack=False):
   """config.train.ppo_epochs x minibatches updates over `arrays` (N rows) -> (params, opt_state, metrics).
 
   Minibatches are a fresh permutation of the rows per epoch (seeded by (seed, step)), each split into
@@ -401,7 +489,8 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
   token), with the loss denominators of the whole minibatch (agg: config.loss.agg); a minibatch without any is
   not applied. trim: cut all-pad columns (`compact`). share: each minibatch's rows ordered by prompt (the sum
   over rows does not depend on their order) and each micro-batch's distinct prompts computed once
-  (`group_prompts`).
+  (`group_prompts`). pack (with share, at prompt + response widths below the flash threshold): the responses of a
+  prompt packed into shared rows (`pack_minibatch`); micro_batch_size then counts packed rows.
   metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
   many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
   sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
@@ -422,20 +511,29 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
       if share:
         idx = idx[np.argsort(groups[idx], kind="stable")]
       denoms, sub = None, {key: v[idx] for key, v in arrays.items()}
+      n_live = len(idx)
       if rows is not None or trim:
         denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
         live = np.nonzero(rows[idx] if rows is not None else np.ones(len(idx), bool))[0]
         if not len(live):
           skipped_zero += 1
           continue
-        sub = compact(sub, live, mb_rows, trim=trim)
-      busy = (sub["mask"] & sub["keep"][:, None]).any(1).reshape(-1, micro).any(1)   # micro-batches computed
-      width = max(width, sub["prompt"].shape[1] + sub["tokens"].shape[1])
-      mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}
-      if share:
-        mb = group_prompts(mb)
+        sub, n_live = compact(sub, live, mb_rows, trim=trim), len(live)
+      w = sub["prompt"].shape[1] + sub["tokens"].shape[1]
+      width = max(width, w)
+      if share and pack and w - 1 < transformer._FLASH_MIN_T:
+        if denoms is None:
+          denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
+        mb = pack_minibatch(sub, n_live, micro, mb_rows // micro)
+        computed = mb["pk_tok"].shape[1]
+      else:
+        mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}
+        if share:
+          mb = group_prompts(mb)
+        computed = micro
+      busy = (mb["mask"] & mb["keep"][..., None]).any(-1).any(-1)   # micro-batches computed
       if epoch == 0:
-        fwd_rows += int(busy.sum()) * micro
+        fwd_rows += int(busy.sum()) * computed
         prompt_rows += int(busy.sum()) * mb["prompt"].shape[1]
       t0 = announce("the update", update, mb)
       params, opt_state, met = update(params, opt_state, put(mb, mesh, axis=1), hp, denoms)

@@ -81,3 +81,63 @@ def test_shared_prompt_gradient(tiny):
   scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_ref))
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g, g_ref)))
   assert scale > 1e-3 and diff < 1e-5 * scale
+
+
+def packed(seed):
+  """`batch(seed)` ordered by prompt and packed by rl.update.pack_minibatch into one micro-batch -> (prompt [U',L],
+  prompt_mask, prompt_idx [C], tokens [C,T], mask [C,T], pack dict, alive bool [C]); C >= U*G rows (padding rows
+  after the real ones are copies with keep False)."""
+  from rl import update
+  prompt, prompt_mask, idx, tokens, mask = batch(seed)
+  order = np.argsort(idx, kind="stable")
+  n = len(order)
+  sub = dict(prompt=prompt[idx][order], prompt_mask=prompt_mask[idx][order], tokens=tokens[order],
+             mask=mask[order], keep=np.ones(n, bool))
+  mb = update.pack_minibatch(sub, n, n, 1)
+  pack = {k[3:]: v[0] for k, v in mb.items() if k.startswith("pk_")}
+  return (mb["prompt"][0], mb["prompt_mask"][0], mb["prompt_idx"][0], mb["tokens"][0], mb["mask"][0], pack,
+          mb["keep"][0])
+
+
+def test_pack_minibatch_layout():
+  """Every response exactly once, whole, in one packed row of its own prompt, segments never overlapping, fewer
+  packed rows than responses (the short ones share rows)."""
+  prompt, prompt_mask, pidx, tokens, mask, pack, alive = packed(0)
+  R, W = pack["tok"].shape
+  assert alive.sum() == U * G and W == T and R < U * G
+  seen = np.zeros((R, W), int)
+  for b in np.nonzero(alive)[0]:
+    n = max(int(np.nonzero(mask[b])[0].max()) if mask[b].any() else 0, 1)   # input slots: last valid index
+    r, o = pack["row"][b], pack["off"][b]
+    assert pack["prompt"][r] == pidx[b]
+    np.testing.assert_array_equal(pack["tok"][r, o:o + n], tokens[b, :n])
+    np.testing.assert_array_equal(pack["tgt"][r, o:o + n], tokens[b, 1:n + 1])
+    np.testing.assert_array_equal(pack["ok"][r, o:o + n], mask[b, :n])
+    assert (pack["seg"][r, o:o + n] == b).all()
+    seen[r, o:o + n] += 1
+  assert seen.max() == 1 and ((seen == 1) == (pack["seg"] >= 0)).all()
+
+
+def test_packed_responses_equal_the_expanded_rows(tiny):
+  """`packed_prompt_logprobs` against the row-expanded full-sequence `token_logprobs`: log-probs, entropies and
+  the gradient of a masked sum of both, at the valid response positions."""
+  graphdef, params = tiny
+  prompt, prompt_mask, pidx, tokens, mask, pack, alive = packed(1)
+  m = mask & alive[:, None]
+  w = np.random.default_rng(3).normal(size=tokens.shape).astype(np.float32) * m
+
+  def run(params, pk):
+    model = nnx.merge(graphdef, params)
+    if pk:
+      return model.packed_prompt_logprobs(prompt, prompt_mask, pidx, tokens, mask, pack)
+    return reference(model, prompt, prompt_mask, pidx, tokens, mask)
+
+  (lp, ent), (ref_lp, ref_ent) = run(params, True), run(params, False)
+  np.testing.assert_allclose(np.where(m, lp, 0), np.where(m, ref_lp, 0), atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.where(m, ent, 0), np.where(m, ref_ent, 0), atol=2e-5, rtol=1e-5)
+  assert np.abs(np.where(m, ref_lp, 0)).max() > 1.0
+  loss = lambda p, pk: jnp.sum(w * run(p, pk)[0]) + 0.1 * jnp.sum(w * run(p, pk)[1])
+  g, g_ref = jax.grad(loss)(params, True), jax.grad(loss)(params, False)
+  scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_ref))
+  diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g, g_ref)))
+  assert scale > 1e-3 and diff < 1e-5 * scale

@@ -67,7 +67,7 @@ def loss_config(algo):
   return c
 
 
-def one_step(tiny, c, arrays, tx, *, rows, fused, trim, ref_params=None, share=False):
+def one_step(tiny, c, arrays, tx, *, rows, fused, trim, ref_params=None, share=False, pack=False):
   """rl.update as the trainer drives it -> (params, metrics). rows/fused/trim/share: which skips are on."""
   graphdef, params, mesh = tiny
   a = dict(arrays)
@@ -81,7 +81,7 @@ def one_step(tiny, c, arrays, tx, *, rows, fused, trim, ref_params=None, share=F
   fn = update.make_update_fn(graphdef, tx, update.loss_static(c.loss))
   p = jax.tree.map(jnp.copy, params)
   p, _, met = update.run_epochs(fn, p, tx.init(p), a, update.loss_hparams(c.loss), c.train, seed=0, step=0,
-                                mesh=mesh, rows=live, trim=trim, agg=c.loss.agg, share=share)
+                                mesh=mesh, rows=live, trim=trim, agg=c.loss.agg, share=share, pack=pack)
   return p, met
 
 
@@ -175,6 +175,30 @@ def test_shared_prompt_gives_the_same_parameters(tiny, algo, micro, mbs):
   assert m_share["update_prompt_rows"] <= m_plain["update_rows"] / 2   # groups of 4: the prompt part shared
 
 
+@pytest.mark.parametrize("algo,micro,mbs", [
+    ("psr", 4, 1), ("kl", 0, 1), pytest.param("dr_grpo", 4, 2, marks=pytest.mark.slow)])
+def test_packed_responses_give_the_same_parameters(tiny, algo, micro, mbs):
+  """train.pack_responses: the responses of a prompt packed into shared rows give the parameters of the unpacked
+  shared-prompt update (PSR: ragged live rows per group; KL: every row live, reference forward unpacked; 2
+  minibatches: Adam, separate old-policy forward), computing fewer rows."""
+  c = loss_config(algo)
+  c.train.micro_batch_size, c.train.minibatches = micro, mbs
+  arrays = make_arrays(algo, seed=3, grouped=True)
+  tx = optax.sgd(1.0) if mbs == 1 else optax.adam(1e-3)
+  ref = None
+  if algo == "kl":
+    ref = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), tiny[1])
+  base = dict(rows=True, fused=mbs == 1, trim=True, ref_params=ref, share=True)
+  p_plain, m_plain = one_step(tiny, c, arrays, tx, **base)
+  p_pack, m_pack = one_step(tiny, c, arrays, tx, pack=True, **base)
+  assert moved(p_plain, tiny[1]) > 1e-4
+  tol = 1e-6 * max(1.0, moved(p_plain, tiny[1])) if mbs == 1 else 1e-5   # Adam: see above
+  assert max_diff(p_pack, p_plain) < tol
+  assert m_pack["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
+  assert m_pack["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)
+  assert m_pack["update_rows"] < m_plain["update_rows"]   # responses of <= 12 tokens in 16 columns share rows
+
+
 def test_group_prompts():
   arrays = make_arrays("grpo", grouped=True)
   order = np.random.default_rng(0).permutation(N)
@@ -230,7 +254,7 @@ def test_trainer_step_with_and_without_skips(tmp_path):
     # gradient entries (another summation order: shared prompts) into ~1e-4 parameter differences; eps 1
     # makes the step proportional to the gradient (measured: 7e-9 apart for a 5e-4 step)
     c.optim.eps = 1.0
-    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding", "share_prompt"):
+    for k in ("skip_zero_adv_rows", "fused_old_logp", "trim_padding", "share_prompt", "pack_responses"):
       c.train[k] = on
     t = trainer.Trainer(c, str(tmp_path / str(on)))
     state, row, batch = t.train_step(t.state, 0)
