@@ -122,7 +122,7 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       trim_padding=True,         # cut all-pad response / prompt columns of the update (bucketed widths)
       share_prompt=True,         # the prompt part of the forward/backward once per distinct prompt of a micro-batch
       pack_responses=True,       # with share_prompt: the responses of a prompt packed into shared rows in the update
-                                 # (no padding after short responses; micro_batch_size then counts packed rows)
+                                 # (no padding after short responses; micro-batches of micro_batch_size / 4 packed rows)
   ))
   c.ref = ml_collections.ConfigDict(dict(
       reset_every=0,           # ProRL: new reference every N steps (0 = never)

@@ -286,12 +286,13 @@ def group_prompts(mb):
   return {**mb, "prompt": prompt, "prompt_mask": pmask, "prompt_idx": np.stack(ids).astype(np.int32)}
 
 
-def pack_minibatch(sub, n_live, micro, M):
+def pack_minibatch(sub, n_live, R, M):
   """A minibatch whose first n_live rows are the live ones, ordered by prompt (`compact` after the prompt sort)
   -> M micro-batches with the responses PACKED (`Decoder.packed_prompt_logprobs`): every response's inputs
   (its n_b - 1 tokens before the last valid one, at least one column) go first-fit-decreasing into packed rows of
-  width W = T holding responses of one prompt; the packed rows fill the micro-batches in order, R per micro-batch
-  (R <= micro, rounded up to a multiple of micro / 4, so a half-empty minibatch computes about half).
+  width W = T holding responses of one prompt; the packed rows fill the M micro-batches in order, R per
+  micro-batch (fixed: one compiled shape for any number of packed rows; `run_epochs` uses R = micro / 4, so the
+  update computes the live packed rows in steps of a quarter micro-batch and skips the empty micro-batches).
 
   sub: the `arrays` [N, ...] of the module docstring (N >= n_live). Returns a dict of [M, ...] arrays:
     the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to C
@@ -321,11 +322,8 @@ def pack_minibatch(sub, n_live, micro, M):
       box[2].append((b, box[1]))
       box[1] += slots[b]
     bins += mine
-  used = max(1, -(-len(bins) // micro))
-  if used > M:
-    raise AssertionError(f"pack_minibatch: {len(bins)} packed rows do not fit {M} micro-batches of {micro}")
-  step = max(1, micro // 4)
-  R = min(micro, -(-(-(-len(bins) // used)) // step) * step)
+  if len(bins) > R * M:
+    raise AssertionError(f"pack_minibatch: {len(bins)} packed rows do not fit {M} micro-batches of {R}")
   per_mb = [bins[i * R:(i + 1) * R] for i in range(M)]
   C = sampling.bucket(max(sum(len(x[2]) for x in mbins) for mbins in per_mb), 8)
   U = 1 << (max(1, max(len({x[0] for x in mbins}) for mbins in per_mb)) - 1).bit_length()
@@ -491,7 +489,7 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
   over rows does not depend on their order) and each micro-batch's distinct prompts computed once
   (`group_prompts`). pack (with share, at prompt + response widths below the flash threshold): the responses of a
   prompt packed into shared rows (`pack_minibatch`) of the full response width T (trim then cuts only prompt
-  columns); micro_batch_size then counts packed rows.
+  columns), run as micro-batches of micro_batch_size / 4 packed rows (`pack_minibatch`).
   metrics: floats averaged over the applied updates (is_ratio_max: max, skipped: summed; skipped_trailing: how
   many of the last updates were skipped in a row; skipped_zero_adv: minibatches with no live row, not applied;
   sampler_logp_diff: mean |sampler - old| log-prob over the sampled tokens of the rows that were forwarded;
@@ -526,7 +524,8 @@ def run_epochs(update, params, opt_state, arrays, hp, tc, *, seed, step, mesh, r
       if use_pack:
         if denoms is None:
           denoms = host_denominators(sub["mask"] & sub["keep"][:, None], agg, T)
-        mb = pack_minibatch(sub, n_live, micro, mb_rows // micro)
+        R = max(1, micro // 4)
+        mb = pack_minibatch(sub, n_live, R, -(-mb_rows // R))
         computed = mb["pk_tok"].shape[1]
       else:
         mb = {key: v.reshape(mb_rows // micro, micro, *v.shape[1:]) for key, v in sub.items()}

@@ -104,7 +104,8 @@ def test_pack_minibatch_layout():
   packed rows than responses (the short ones share rows)."""
   prompt, prompt_mask, pidx, tokens, mask, pack, alive = packed(0)
   R, W = pack["tok"].shape
-  assert alive.sum() == U * G and W == T and R < U * G
+  assert alive.sum() == U * G and W == T and R == U * G
+  assert (pack["seg"] >= 0).any(1).sum() < U * G   # packed rows in use
   seen = np.zeros((R, W), int)
   for b in np.nonzero(alive)[0]:
     n = max(int(np.nonzero(mask[b])[0].max()) if mask[b].any() else 0, 1)   # input slots: last valid index
