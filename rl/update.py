@@ -286,17 +286,20 @@ def group_prompts(mb):
   return {**mb, "prompt": prompt, "prompt_mask": pmask, "prompt_idx": np.stack(ids).astype(np.int32)}
 
 
+PACK_PER_ROW = 8   # responses per packed row at most: a micro-batch's row arrays are then a fixed [8 R, T]
+
+
 def pack_minibatch(sub, n_live, R, M):
   """A minibatch whose first n_live rows are the live ones, ordered by prompt (`compact` after the prompt sort)
   -> M micro-batches with the responses PACKED (`Decoder.packed_prompt_logprobs`): every response's inputs
   (its n_b - 1 tokens before the last valid one, at least one column) go first-fit-decreasing into packed rows of
-  width W = T holding responses of one prompt; the packed rows fill the M micro-batches in order, R per
+  width W = T holding responses of one prompt (at most PACK_PER_ROW each); the packed rows fill the M micro-batches in order, R per
   micro-batch (fixed: one compiled shape for any number of packed rows; `run_epochs` uses R = micro / 4, so the
   update computes the live packed rows in steps of a quarter micro-batch and skips the empty micro-batches).
 
   sub: the `arrays` [N, ...] of the module docstring (N >= n_live). Returns a dict of [M, ...] arrays:
-    the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to C
-      (`sampling.bucket(., 8)`: a power of two >= 8) with copies of row n_live - 1 with keep = sampled = False (zero loss weight);
+    the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to
+      C = PACK_PER_ROW * R with copies of row n_live - 1 with keep = sampled = False (zero loss weight);
     prompt / prompt_mask [M,U,L]: each micro-batch's distinct prompts (U a power of two), prompt_idx int32 [M,C];
     pk_tok, pk_tgt, pk_seg, pk_pos int32, pk_ok bool [M,R,W]; pk_prompt int32 [M,R]; pk_row, pk_off int32 [M,C]
       (the `pack` argument of `Decoder.packed_prompt_logprobs`, per micro-batch).
@@ -315,7 +318,7 @@ def pack_minibatch(sub, n_live, R, M):
   for g in range(int(groups.max()) + 1 if n_live else 0):
     mine = []
     for b in sorted(live[groups == g], key=lambda b: -slots[b]):
-      box = next((x for x in mine if x[1] + slots[b] <= W), None)
+      box = next((x for x in mine if x[1] + slots[b] <= W and len(x[2]) < PACK_PER_ROW), None)
       if box is None:
         box = [g, 0, []]
         mine.append(box)
@@ -325,7 +328,7 @@ def pack_minibatch(sub, n_live, R, M):
   if len(bins) > R * M:
     raise AssertionError(f"pack_minibatch: {len(bins)} packed rows do not fit {M} micro-batches of {R}")
   per_mb = [bins[i * R:(i + 1) * R] for i in range(M)]
-  C = sampling.bucket(max(sum(len(x[2]) for x in mbins) for mbins in per_mb), 8)
+  C = PACK_PER_ROW * R
   U = 1 << (max(1, max(len({x[0] for x in mbins}) for mbins in per_mb)) - 1).bit_length()
   pad_row = max(n_live - 1, 0)
   take = np.full((M, C), pad_row)
