@@ -16,7 +16,10 @@ Phases (jitted programs, compiled as the trainer would run them):
           `chunk_size` steps (one program per response-cache size, the cache grown and the running rows
           re-packed between chunks). Compiled here: the prefill and the LARGEST chunk (all P x G rows, the full
           N-slot response cache): the chunk that holds the most HBM, as when no row finishes early. The
-          phase's HBM is the larger of the two programs' (both are in the result).
+          phase's HBM is the larger of the two programs' (both are in the result). The decode's weights are
+          gathered or left FSDP-split as `sampling.generate` decides for config.rollout.gather_weights on this
+          chip's HBM (`sampler_gather`); the collectives left inside the compiled decode loop are read from its
+          HLO (`loop_collectives`) and their ICI time is added to the sample time.
   logp    the trainer's log-prob forward on one micro-batch (old policy; again for the reference with KL)
   update  the trainer's update on one minibatch (micro-batch scan, loss, grad, AdamW; params donated)
 A step = 1 sample + ceil(rows/micro) x logp (x2 with a KL reference) + ppo_epochs x minibatches updates.
@@ -29,7 +32,10 @@ with every row (no early finish, no compaction), step t attending the response s
 (bucket(t + chunk_size)). Attention at T >= models.transformer._FLASH_MIN_T is the flash attention: the
 key blocks after the query block are skipped (causal pairs only, block granularity) and its backward
 recomputes the block probabilities (7 block matmuls against the plain backward's 4).
-MFU = model FLOPs (6 x params x tokens + causal attention, no remat) / (time x peak).
+MFU = model FLOPs (6 x params x tokens + causal attention, no remat) / (time x peak). The sample phase adds the
+decode loop's ICI time: the bytes each chip sends in the loop's collectives per step (compiled HLO; an all-reduce
+as a ring, 2 (g-1)/g x its size) / the chip's ICI bandwidth, x N steps, serial with the rest (the all-reduces sit
+between a layer's matmuls); no per-collective latency, so a lower bound.
 """
 import dataclasses
 import hashlib
@@ -350,7 +356,8 @@ def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes, gathered=True):
   return dict(flops=pre_flops + dec_flops, bytes=pre_bytes + dec_bytes, model_flops=model / n_chips, gathered=gathered,
               last_step_flops=(2 * B * pc["matmul"] + 4 * B * (Lb + slots[-1]) * L * H * Dh) / n_chips,
               last_step_bytes=w_bytes + ((Pn * Lb + B * slots[-1]) * kv_slot + B * V * 12) / n_chips,
-              tokens=B * Nb, temp_bytes=temp, decode_roofline_frac=ideal / dec_bytes)
+              tokens=B * Nb, temp_bytes=temp, decode_roofline_frac=ideal / dec_bytes, decode_bytes=dec_bytes,
+              decode_ideal_bytes=ideal)
 
 
 def roofline(est, chip):
@@ -538,6 +545,9 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       est["programs_hbm_gib"] = {k: m["total"] / GIB for k, m in mems.items()}
       if not isinstance(chunk, dict):
         est.update(decode_step_ici(loop_collectives(chunk.as_text(), n), chip, shapes))
+        # the decode-bandwidth target with the loop's ICI time counted: ideal HBM time / (HBM time + ICI time)
+        est["decode_roofline_frac_ici"] = (est["decode_ideal_bytes"] / chip["hbm_bw"]) / (
+            est["decode_bytes"] / chip["hbm_bw"] + est["ici_s"])
       # the phase's figure: the program that needs more HBM (the largest chunk, unless the prompts dominate)
       finish("sample", chunk if mems["chunk"]["total"] >= mems["prefill"]["total"] else pre, secs + secs2, est)
   return out
@@ -633,6 +643,12 @@ def format_table(res, label="") -> str:
   if "decode_roofline_frac" in res.get("sample", {}).get("est", {}):
     lines.append(f"decode: {res['sample']['est']['decode_roofline_frac']:.0%} of the weights + KV bandwidth roofline "
                  f"(the rest: unfilled response-cache slots of each chunk's bucket, logits)")
+  e = res.get("sample", {}).get("est", {})
+  if "decode_ici_bytes" in e:
+    lines.append(f"decode loop: weights {'gathered' if e.get('gathered') else 'FSDP-split'}; {e['decode_collectives']} "
+                 f"collectives per step ({e['decode_ici_bytes'] / 1e6:.2f} MB sent per chip, "
+                 f"{e['decode_ici_step_s'] * 1e3:.3f} ms at the ICI bandwidth); with that ICI time "
+                 f"{e['decode_roofline_frac_ici']:.0%} of the bandwidth roofline")
   return "\n".join(lines)
 
 
