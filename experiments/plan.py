@@ -502,6 +502,8 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
                       updates_per_step=c.train.ppo_epochs * c.train.minibatches,
                       logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1))
 
+  cpu0 = [time.process_time()]   # CPU seconds of this process (all threads) since the phase started
+
   def finish(name, compiled, secs, est):
     mem = memory(compiled) if not isinstance(compiled, dict) else compiled
     if est.get("temp_bytes", 0) > mem["temp"]:
@@ -510,11 +512,12 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       mem = dict(mem, xla_temp=mem["temp"], temp=est["temp_bytes"])
       mem["total"] = mem["args"] + mem["out"] - mem["alias"] + mem["temp"] + mem["code"]
     r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items() if k != "oom"}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
-             compile_s=secs, est=est, roofline=roofline(est, chip),
+             compile_s=secs, compile_cpu_s=time.process_time() - cpu0[0], est=est, roofline=roofline(est, chip),
              xla_cost=xla_cost(compiled) if not isinstance(compiled, dict) else {})
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
     r["version"] = PHASE_VERSION[name]
     out[name] = r
+    cpu0[0] = time.process_time()
     if on_phase:
       on_phase(out)
 
