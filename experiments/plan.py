@@ -474,6 +474,8 @@ def _per_chip_bytes(a) -> float:
   """Bytes of one chip's shard of a ShapeDtypeStruct with a NamedSharding."""
   sh = getattr(a, "sharding", None)
   shape = sh.shard_shape(a.shape) if sh is not None else a.shape
+  if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):   # the sampler's row keys: uint32[2] each
+    return math.prod(shape) * 8
   return math.prod(shape) * jnp.dtype(a.dtype).itemsize
 
 
