@@ -16,7 +16,10 @@ Phases (jitted programs, compiled as the trainer would run them):
           `chunk_size` steps (one program per response-cache size, the cache grown and the running rows
           re-packed between chunks). Compiled here: the prefill and the LARGEST chunk (all P x G rows, the full
           N-slot response cache): the chunk that holds the most HBM, as when no row finishes early. The
-          phase's HBM is the larger of the two programs' (both are in the result).
+          phase's HBM is the larger of the two programs' (both are in the result). The decode's weights are
+          gathered or left FSDP-split as `sampling.generate` decides for config.rollout.gather_weights on this
+          chip's HBM (`sampler_gather`); the collectives left inside the compiled decode loop are read from its
+          HLO (`loop_collectives`) and their ICI time is added to the sample time.
   logp    the trainer's log-prob forward on one micro-batch (old policy; again for the reference with KL)
   update  the trainer's update on one minibatch (micro-batch scan, loss, grad, AdamW; params donated)
 A step = 1 sample + ceil(rows/micro) x logp (x2 with a KL reference) + ppo_epochs x minibatches updates.
@@ -29,7 +32,10 @@ with every row (no early finish, no compaction), step t attending the response s
 (bucket(t + chunk_size)). Attention at T >= models.transformer._FLASH_MIN_T is the flash attention: the
 key blocks after the query block are skipped (causal pairs only, block granularity) and its backward
 recomputes the block probabilities (7 block matmuls against the plain backward's 4).
-MFU = model FLOPs (6 x params x tokens + causal attention, no remat) / (time x peak).
+MFU = model FLOPs (6 x params x tokens + causal attention, no remat) / (time x peak). The sample phase adds the
+decode loop's ICI time: the bytes each chip sends in the loop's collectives per step (compiled HLO; an all-reduce
+as a ring, 2 (g-1)/g x its size) / the chip's ICI bandwidth, x N steps, serial with the rest (the all-reduces sit
+between a layer's matmuls); no per-collective latency, so a lower bound.
 """
 import dataclasses
 import hashlib
@@ -59,15 +65,19 @@ from models.transformer import param_shapes
 from rl import config as rl_config, trainer, update as rl_update
 from sampling import sampler
 
-VERSION = 6   # bump when the planner's programs or formulas change (invalidates the cache)
+VERSION = 6   # the cache files' key: bump when every phase's programs or formulas change (invalidates the cache)
+# per phase: bump one when only that phase changes; a cached phase of another version is recompiled, the rest kept
+# (sample 7: the decode's gathered weights, rollout.gather_weights, and its in-loop collectives' ICI time)
+PHASE_VERSION = {"sample": 7, "logp": 6, "update": 6}
 GIB = 1024 ** 3
 
-# Per chip: HBM (GiB), peak dense bf16 FLOP/s, HBM bandwidth (bytes/s); Google Cloud TPU spec sheets.
+# Per chip: HBM (GiB), peak dense bf16 FLOP/s, HBM bandwidth and inter-chip interconnect (ICI) bandwidth (bytes/s,
+# all links together: v4 2400, v5e 1600, v5p 4800, v6e 3584 Gbit/s); Google Cloud TPU spec sheets.
 CHIPS = {
-    "v4": dict(hbm_gib=32, peak_flops=275e12, hbm_bw=1228e9),
-    "v5e": dict(hbm_gib=16, peak_flops=197e12, hbm_bw=819e9),
-    "v5p": dict(hbm_gib=95, peak_flops=459e12, hbm_bw=2765e9),
-    "v6e": dict(hbm_gib=32, peak_flops=918e12, hbm_bw=1640e9),
+    "v4": dict(hbm_gib=32, peak_flops=275e12, hbm_bw=1228e9, ici_bw=300e9),
+    "v5e": dict(hbm_gib=16, peak_flops=197e12, hbm_bw=819e9, ici_bw=200e9),
+    "v5p": dict(hbm_gib=95, peak_flops=459e12, hbm_bw=2765e9, ici_bw=600e9),
+    "v6e": dict(hbm_gib=32, peak_flops=918e12, hbm_bw=1640e9, ici_bw=448e9),
 }
 
 
@@ -137,7 +147,7 @@ CHUNK = 128   # sampling.generate's default chunk_size, which rl.rollout uses
 # per-layer weights that the prefill sliced out (`shared`), not the stacked params, and jit would drop those
 # from its arguments; they stay in HBM while sampling, so they are counted here.
 _chunk_keep_unused = jax.jit(sampler._chunk_core, static_argnames=(
-    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh"), donate_argnames=("resp",),
+    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh", "gather"), donate_argnames=("resp",),
     keep_unused=True)
 
 
@@ -147,13 +157,23 @@ def sampler_shapes(prompts, group_size, prompt_len, max_new_tokens, n_dev):
   return dict(P=Pb, L=sampler.bucket(prompt_len, 16), N=sampler.bucket(max_new_tokens, 16), B=Pb * group_size)
 
 
+def sampler_gather(setting, cfg, params, mesh, chip, *, prompts, group_size, prompt_len, max_new_tokens):
+  """config.rollout.gather_weights -> whether sampling.generate gathers the decode's weights on this topology
+  (sampler.gather_weights_choice with the chip's HBM, which the abstract devices do not report)."""
+  n_dev = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+  sh = sampler_shapes(prompts, group_size, prompt_len, max_new_tokens, n_dev)
+  return sampler.gather_weights_choice(setting, cfg, params, mesh, prompts=sh["P"], prompt_len=sh["L"],
+                                       rows=sh["B"], max_new=sh["N"], memory_bytes=chip["hbm_gib"] * GIB)
+
+
 def sampler_programs(graphdef, params, mesh, *, prompts, group_size, prompt_len, max_new_tokens, temperature,
-                     top_p, top_k, n_eos=2, chunk=CHUNK):
+                     top_p, top_k, n_eos=2, chunk=CHUNK, gather=False):
   """-> ({"prefill": (jitted fn, args, kwargs), "chunk": a function of the compiled prefill -> (fn, args,
   kwargs)}, shapes) for the programs `sampling.generate` runs (shared prompt cache, chunked decoding) with
   abstract inputs: the prefill (sampler._prefill_jit, first response-cache size) and the largest decode chunk
   (sampler._chunk_jit over all B rows with the full N-slot response cache, its inputs sharded as the
-  compiled prefill's outputs). Mirrors sampling.generate / sampler._decode_chunked's preparation."""
+  compiled prefill's outputs). Mirrors sampling.generate / sampler._decode_chunked's preparation. gather: the
+  decode's weights gathered once in the prefill (`sampler_gather`)."""
   amesh = sampler._auto_mesh(mesh)
   n_dev = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   shapes = sampler_shapes(prompts, group_size, prompt_len, max_new_tokens, n_dev)
@@ -167,7 +187,7 @@ def sampler_programs(graphdef, params, mesh, *, prompts, group_size, prompt_len,
   static = dict(greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
                 plain=temperature == 1.0 and top_k == 0 and top_p >= 1.0)
   prefill = (sampler._prefill_jit, (graphdef, state, sds((Pb, Lb), jnp.int32), sds((Pb, Lb), jnp.bool_)),
-             dict(group_size=group_size, n_slots=sampler._slots(0, C, Nb), mesh=amesh))
+             dict(group_size=group_size, n_slots=sampler._slots(0, C, Nb), mesh=amesh, gather=gather))
 
   def chunk_program(compiled_prefill):
     shared, resp, tok, pos = jax.tree.map(
@@ -181,7 +201,7 @@ def sampler_programs(graphdef, params, mesh, *, prompts, group_size, prompt_len,
     args = (graphdef, state, shared, resp, carry, sds(keys.shape, keys.dtype), scalar(jnp.int32),
             scalar(jnp.float32), scalar(jnp.float32), scalar(jnp.int32),
             jax.ShapeDtypeStruct((sampler.bucket(n_eos, 4),), jnp.int32, sharding=NamedSharding(amesh, P())))
-    return _chunk_keep_unused, args, dict(n_steps=C, mesh=amesh, **static)
+    return _chunk_keep_unused, args, dict(n_steps=C, mesh=amesh, gather=gather, **static)
 
   return dict(prefill=prefill, chunk=chunk_program), dict(shapes, C=C)
 
@@ -308,11 +328,13 @@ def analytic_logp(cfg, rows, T, n_chips, tensor, scored=None):
   return dict(flops=fwd / n_chips, model_flops=model / n_chips, bytes=b, tokens=rows * (T + 1))
 
 
-def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes):
+def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes, gathered=True):
   """Prefill (P prompts x L) + N decode steps of B = P*G rows in chunks of C steps, per chip. Decode step t
-  reads the weights (gathered: full size / tensor), the prompt KV of the chip's prompts and the A(t) =
-  bucket(chunk end) response slots of its rows (masked, not skipped, when unwritten), and writes one slot.
-  Every row runs all N steps (no early finish, so no compaction): an upper bound."""
+  reads the weights (gathered: full size / tensor; else the chip's FSDP shard, 1 / n_chips, and the
+  activations cross chips instead: the compiled program's collectives, `loop_collectives`), the prompt KV of
+  the chip's prompts and the A(t) = bucket(chunk end) response slots of its rows (masked, not skipped, when
+  unwritten), and writes one slot. Every row runs all N steps (no early finish, so no compaction): an upper
+  bound."""
   Pn, Lb, Nb, B, C = shapes["P"], shapes["L"], shapes["N"], shapes["B"], shapes["C"]
   L, H, Dh, K, V = cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.num_kv_heads, cfg.vocab_size
   pc = param_counts(cfg)
@@ -320,7 +342,7 @@ def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes):
   pre_bytes = pc["total"] * _bytes(cfg.dtype) / tensor + Pn * Lb * L * 2 * K * Dh * cache_bytes / n_chips
   slots = [sampler._slots(t0, C, Nb) for t0 in range(0, Nb, C) for _ in range(min(C, Nb - t0))]  # A(t)
   kv_slot = L * 2 * K * Dh * cache_bytes
-  w_bytes = pc["total"] * _bytes(cfg.dtype) / tensor
+  w_bytes = pc["total"] * _bytes(cfg.dtype) / (tensor if gathered else n_chips)
   dec_flops = sum(2 * B * pc["matmul"] + 4 * B * (Lb + a) * L * H * Dh for a in slots) / n_chips
   dec_bytes = sum(w_bytes + ((Pn * Lb + B * a) * kv_slot + B * V * 12) / n_chips for a in slots)
   model = 2 * Pn * Lb * pc["matmul"] + Nb * (2 * B * pc["matmul"] + 4 * B * (Lb + Nb / 2) * L * H * Dh)
@@ -328,20 +350,89 @@ def analytic_sample(cfg, shapes, n_chips, tensor, cache_bytes):
   # response slots) per step; decode_roofline_frac = that / what the program reads (unfilled slots of its
   # chunk's bucket, logits), i.e. the fraction of the weights + KV bandwidth roofline the decode reaches
   ideal = sum(w_bytes + (Pn * Lb + B * (t + 1)) * kv_slot / n_chips for t in range(Nb))
-  # the largest chunk's live HBM besides its arguments (the caches are arguments): gathered compute-dtype
-  # weights and a few [B, V] f32 logits blocks
-  temp = w_bytes + B * V * 4 * 3 / n_chips
-  return dict(flops=pre_flops + dec_flops, bytes=pre_bytes + dec_bytes, model_flops=model / n_chips,
+  # the largest chunk's live HBM besides its arguments (the caches and the compute-dtype weights, gathered or
+  # not, are arguments): a few [B, V] f32 logits blocks of the chip's rows
+  temp = B * V * 4 * 3 / n_chips
+  return dict(flops=pre_flops + dec_flops, bytes=pre_bytes + dec_bytes, model_flops=model / n_chips, gathered=gathered,
               last_step_flops=(2 * B * pc["matmul"] + 4 * B * (Lb + slots[-1]) * L * H * Dh) / n_chips,
               last_step_bytes=w_bytes + ((Pn * Lb + B * slots[-1]) * kv_slot + B * V * 12) / n_chips,
-              tokens=B * Nb, temp_bytes=temp, decode_roofline_frac=ideal / dec_bytes)
+              tokens=B * Nb, temp_bytes=temp, decode_roofline_frac=ideal / dec_bytes, decode_bytes=dec_bytes,
+              decode_ideal_bytes=ideal)
 
 
 def roofline(est, chip):
-  t_c, t_m = est["flops"] / chip["peak_flops"], est["bytes"] / chip["hbm_bw"]
-  t = max(t_c, t_m)
-  return dict(compute_s=t_c, memory_s=t_m, time_s=t, bound="compute" if t_c >= t_m else "memory",
+  """max(FLOPs / peak, bytes / HBM bandwidth), plus est["ici_s"] (the decode loop's collectives: serial, between
+  the layers' matmuls) where the phase has one."""
+  t_c, t_m, t_i = est["flops"] / chip["peak_flops"], est["bytes"] / chip["hbm_bw"], est.get("ici_s", 0.0)
+  t = max(t_c, t_m) + t_i
+  bound = "ici" if t_i > max(t_c, t_m) else "compute" if t_c >= t_m else "memory"
+  return dict(compute_s=t_c, memory_s=t_m, ici_s=t_i, time_s=t, bound=bound,
               mfu=est["model_flops"] / (t * chip["peak_flops"]) if t else 0.0)
+
+
+# ============================================================================ collectives in a compiled loop
+
+_COLLECTIVE = re.compile(r"= (.*?) (all-reduce|all-reduce-start|all-gather|all-gather-start|reduce-scatter|all-to-all|"
+                         r"collective-permute|collective-permute-start)\(")
+_CALLS = re.compile(r"(?:calls|body|condition|to_apply|branch_computations|called_computations)=(\{[^}]*\}|%[\w.\-]+)")
+_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
+
+
+def _array_bytes(type_text):
+  """'(f32[8,128]{1,0}, bf16[4])' -> [bytes of each array in it]."""
+  out = []
+  for dt, dims in _SHAPE.findall(type_text):
+    size = 1 if dt == "pred" else int(re.sub(r"\D", "", dt)) // 8 if dt != "bf16" else 2
+    out.append(size * math.prod(int(d) for d in dims.split(",") if d))
+  return out
+
+
+def _group_size(line, n_default):
+  m = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
+  if m:
+    return len(m.group(1).split(","))
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line)
+  if m:
+    sizes = {k.strip("' "): int(v) for k, v in (x.split("=") for x in m.group(1).split(","))}
+    return math.prod(sizes[a.strip("' ")] for a in m.group(2).split(","))
+  return n_default
+
+
+def loop_collectives(hlo_text: str, n_chips: int) -> list[dict]:
+  """The collectives a compiled program runs inside its while loops (body and condition, and every computation
+  they call), from `compiled.as_text()`: one dict per instruction {op, bytes (its result arrays), group (devices
+  taking part), wire (bytes each chip sends: all-reduce 2 (g-1)/g x bytes, as a ring; the others (g-1)/g),
+  line}."""
+  comps, cur = {}, None
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
+    if m and line.rstrip().endswith("{"):
+      cur = comps.setdefault(m.group(1), [])
+    elif line.startswith("}"):
+      cur = None
+    elif cur is not None:
+      cur.append(line)
+  callees = lambda lines: {n for ln in lines for g in _CALLS.findall(ln) for n in re.findall(r"%([\w.\-]+)", g)}
+  todo = [n for lines in comps.values() for ln in lines if " while(" in ln
+          for n in re.findall(r"(?:body|condition)=%([\w.\-]+)", ln)]
+  seen = set()
+  while todo:
+    n = todo.pop()
+    if n not in seen and n in comps:
+      seen.add(n)
+      todo.extend(callees(comps[n]))
+  out = []
+  for n in sorted(seen):
+    for ln in comps[n]:
+      m = _COLLECTIVE.search(ln)
+      if not m:
+        continue
+      arrays = _array_bytes(m.group(1))
+      b = max(arrays) if m.group(2).endswith("-start") else sum(arrays)   # -start: (operand, result) tuples
+      g = _group_size(ln, n_chips)
+      wire = b * (g - 1) / g * (2 if m.group(2).startswith("all-reduce") else 1)
+      out.append(dict(op=m.group(2), bytes=b, group=g, wire=wire, line=ln.strip()[:160]))
+  return out
 
 
 # ============================================================================ compile
@@ -383,6 +474,8 @@ def _per_chip_bytes(a) -> float:
   """Bytes of one chip's shard of a ShapeDtypeStruct with a NamedSharding."""
   sh = getattr(a, "sharding", None)
   shape = sh.shard_shape(a.shape) if sh is not None else a.shape
+  if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):   # the sampler's row keys: uint32[2] each
+    return math.prod(shape) * 8
   return math.prod(shape) * jnp.dtype(a.dtype).itemsize
 
 
@@ -411,6 +504,8 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
                       updates_per_step=c.train.ppo_epochs * c.train.minibatches,
                       logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1))
 
+  cpu0 = [time.process_time()]   # CPU seconds of this process (all threads) since the phase started
+
   def finish(name, compiled, secs, est):
     mem = memory(compiled) if not isinstance(compiled, dict) else compiled
     if est.get("temp_bytes", 0) > mem["temp"]:
@@ -419,10 +514,12 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       mem = dict(mem, xla_temp=mem["temp"], temp=est["temp_bytes"])
       mem["total"] = mem["args"] + mem["out"] - mem["alias"] + mem["temp"] + mem["code"]
     r = dict(hbm=mem, hbm_gib={k: v / GIB for k, v in mem.items() if k != "oom"}, fits=mem["total"] <= chip["hbm_gib"] * GIB,
-             compile_s=secs, est=est, roofline=roofline(est, chip),
+             compile_s=secs, compile_cpu_s=time.process_time() - cpu0[0], est=est, roofline=roofline(est, chip),
              xla_cost=xla_cost(compiled) if not isinstance(compiled, dict) else {})
     r["tokens_per_s_chip"] = est["tokens"] / r["roofline"]["time_s"] / n
+    r["version"] = PHASE_VERSION[name]
     out[name] = r
+    cpu0[0] = time.process_time()
     if on_phase:
       on_phase(out)
 
@@ -438,10 +535,12 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
     finish("logp", compiled, secs, analytic_logp(cfg, micro, T, n, tensor, N))
   if "sample" in phases and "sample" not in out:
     r = c.rollout
+    gather = sampler_gather(r.get("gather_weights", "auto"), cfg, params, mesh, chip, prompts=r.prompts_per_step,
+                            group_size=r.group_size, prompt_len=prompt_len, max_new_tokens=N)
     progs, shapes = sampler_programs(graphdef, params, mesh, prompts=r.prompts_per_step,
                                      group_size=r.group_size, prompt_len=prompt_len, max_new_tokens=N,
-                                     temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
-    est = dict(analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype)), shapes=shapes)
+                                     temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, gather=gather)
+    est = dict(analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype), gathered=gather), shapes=shapes)
     pre, secs = _compile(*progs["prefill"])
     if isinstance(pre, dict):   # the prefill alone does not fit: no shardings to build the chunk from
       finish("sample", pre, secs, est)
@@ -449,9 +548,25 @@ def plan_phases(hf: dict, topology: str, c, *, prompt_len: int, phases=("sample"
       chunk, secs2 = _compile(*progs["chunk"](pre))
       mems = dict(prefill=memory(pre), chunk=memory(chunk) if not isinstance(chunk, dict) else chunk)
       est["programs_hbm_gib"] = {k: m["total"] / GIB for k, m in mems.items()}
+      if not isinstance(chunk, dict):
+        est.update(decode_step_ici(loop_collectives(chunk.as_text(), n), chip, shapes))
+        # the decode-bandwidth target with the loop's ICI time counted: ideal HBM time / (HBM time + ICI time)
+        est["decode_roofline_frac_ici"] = (est["decode_ideal_bytes"] / chip["hbm_bw"]) / (
+            est["decode_bytes"] / chip["hbm_bw"] + est["ici_s"])
       # the phase's figure: the program that needs more HBM (the largest chunk, unless the prompts dominate)
       finish("sample", chunk if mems["chunk"]["total"] >= mems["prefill"]["total"] else pre, secs + secs2, est)
   return out
+
+
+def decode_step_ici(colls, chip, shapes) -> dict:
+  """The decode chunk's in-loop collectives (`loop_collectives`) -> est keys: decode_collectives (count per
+  step), decode_ici_bytes (bytes each chip sends per step), decode_ici_step_s (at the chip's ICI bandwidth, no
+  latency: a lower bound) and ici_s (x the N decode steps of the phase)."""
+  wire = sum(x["wire"] for x in colls)
+  step_s = wire / chip["ici_bw"]
+  return dict(decode_collectives=len(colls), decode_ici_bytes=wire, decode_ici_step_s=step_s,
+              ici_s=step_s * shapes["N"],
+              decode_collective_ops={op: sum(1 for x in colls if x["op"] == op) for op in sorted({x["op"] for x in colls})})
 
 
 def analytic_plan(hf: dict, topology: str, c, *, prompt_len: int) -> dict:
@@ -478,7 +593,13 @@ def analytic_plan(hf: dict, topology: str, c, *, prompt_len: int) -> dict:
                         remat=cfg.remat, rows=rows, minibatch_rows=mb_rows, micro=micro, prompt_len=prompt_len,
                         max_new_tokens=N, updates_per_step=c.train.ppo_epochs * c.train.minibatches,
                         logp_calls_per_step=-(-rows // micro) * (2 if use_ref else 1)))
-  for name, est in (("sample", analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype))),
+  # sampler.gather_weights_choice's "auto" rule by hand (no mesh here): f32 shards + gathered weights + caches
+  pc, kv = param_counts(cfg)["total"], cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * _bytes(cfg.cache_dtype)
+  need = (pc * _bytes(cfg.param_dtype) / n + pc * _bytes(cfg.dtype) / tensor
+          + ((shapes["P"] * shapes["L"] + shapes["B"] * shapes["N"]) * kv + shapes["B"] * cfg.vocab_size * 12) / (data * fsdp))
+  setting = c.rollout.get("gather_weights", "auto")
+  gathered = setting == "true" or (setting == "auto" and fsdp > 1 and need <= sampler.GATHER_HEADROOM * chip["hbm_gib"] * GIB)
+  for name, est in (("sample", analytic_sample(cfg, shapes, n, tensor, _bytes(cfg.cache_dtype), gathered)),
                     ("logp", analytic_logp(cfg, micro, T, n, tensor, N)),
                     ("update", analytic_update(cfg, c, mb_rows, micro, T, n, tensor, N))):
     rf = roofline(est, chip)
@@ -527,6 +648,12 @@ def format_table(res, label="") -> str:
   if "decode_roofline_frac" in res.get("sample", {}).get("est", {}):
     lines.append(f"decode: {res['sample']['est']['decode_roofline_frac']:.0%} of the weights + KV bandwidth roofline "
                  f"(the rest: unfilled response-cache slots of each chunk's bucket, logits)")
+  e = res.get("sample", {}).get("est", {})
+  if "decode_ici_bytes" in e:
+    lines.append(f"decode loop: weights {'gathered' if e.get('gathered') else 'FSDP-split'}; {e['decode_collectives']} "
+                 f"collectives per step ({e['decode_ici_bytes'] / 1e6:.2f} MB sent per chip, "
+                 f"{e['decode_ici_step_s'] * 1e3:.3f} ms at the ICI bandwidth); with that ICI time "
+                 f"{e['decode_roofline_frac_ici']:.0%} of the bandwidth roofline")
   return "\n".join(lines)
 
 
@@ -538,16 +665,18 @@ def markdown_table(results) -> str:
   for r in results:
     s = r["setup"]
     mesh = "/".join(str(s["mesh"][a]) for a in ("data", "fsdp", "tensor"))
-    st = step_summary(r)
+    current = all(r.get(p, {}).get("version", VERSION) == PHASE_VERSION[p] for p in PHASE_VERSION)
+    st = step_summary(r) if current else {}
     for p in ("sample", "logp", "update"):
-      if p not in r:
+      if p not in r or r[p].get("version", VERSION) != PHASE_VERSION[p]:   # not rendered: compiled by older code
         continue
       x, g = r[p], r[p]["hbm_gib"]
       hbm = (f"{g['total']:.1f} ({g['args']:.1f}+{g['temp']:.1f}+{g['out']:.1f}-{g['alias']:.1f})"
              if "oom" not in r[p]["hbm"] else f">{g['total']:.1f} (XLA: temporaries {g['temp']:.1f})")
       rows.append(f"| {r.get('model', '')[:-5]} | {r.get('label', '')} | {s['topology']} ({s['chips']}) | {mesh} | {p} | "
                   f"{hbm} | {'yes' if x['fits'] else '**no**'} | {x['compile_s']:.0f} | {x['roofline']['time_s']:.2f} | "
-                  f"{x['tokens_per_s_chip']:.0f} | {x['roofline']['mfu']:.0%} | {x['roofline']['bound']} |")
+                  f"{x['tokens_per_s_chip']:.0f} | {x['roofline']['mfu']:.0%} | {x['roofline']['bound']}"
+                  f"{'' if p != 'sample' else ', weights gathered' if x['est'].get('gathered') else ', weights split'} |")
     if st:
       rows.append(f"| | | | | **step** | | {'yes' if st['fits'] else '**no**'} | | {st['step_s']:.1f} | "
                   f"{st['gen_tokens_per_s_chip']:.0f} generated | {st['mfu']:.0%} | |")
@@ -560,14 +689,21 @@ def markdown_table(results) -> str:
 # only these, so a config key added for something else (rewards, logging, the trainer's host-side options) does
 # not invalidate finished compiles; a change to the programs' code bumps VERSION instead.
 PROGRAM_KEYS = {"model": ("dtype", "param_dtype", "remat"), "mesh": None, "loss": None, "optim": None,
-                "rollout": ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_k", "top_p"),
+                "rollout": ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_k", "top_p",
+                            "gather_weights"),
                 "train": ("ppo_epochs", "minibatches", "micro_batch_size", "skip_zero_adv_rows", "trim_padding"),
                 "total_steps": None}
+# program keys added after files were cached: hashed only when not at this default (so the files stay valid; the
+# phases they change are recompiled through PHASE_VERSION)
+ADDED_KEYS = {("rollout", "gather_weights"): "auto"}
 
 
 def cache_key(hf: dict, topology: str, c, prompt_len: int) -> str:
   d = c.to_dict()
-  prog = {k: (d[k] if keys is None else {x: d[k][x] for x in keys}) for k, keys in PROGRAM_KEYS.items()}
+  prog = {k: (d[k] if keys is None else {x: d[k][x] for x in keys if x in d[k]}) for k, keys in PROGRAM_KEYS.items()}
+  for (k, x), default in ADDED_KEYS.items():
+    if prog[k].get(x, default) == default:
+      prog[k].pop(x, None)
   blob = json.dumps([VERSION, hf, topology, prog, prompt_len], sort_keys=True, default=str)
   return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -582,7 +718,8 @@ def plan_cached(model_path, topology, c, *, prompt_len, cache_dir, phases, label
   done = {}
   if os.path.exists(path):
     with open(path) as f:
-      done = {k: v for k, v in json.load(f).items() if k in ("sample", "logp", "update")}
+      done = {k: v for k, v in json.load(f).items()
+              if k in PHASE_VERSION and v.get("version", VERSION) == PHASE_VERSION[k]}   # older phases: recompiled
 
   def save(res):
     os.makedirs(cache_dir, exist_ok=True)

@@ -87,6 +87,15 @@ def param_partition_specs(cfg: DecoderConfig, mesh: Mesh) -> dict:
   return specs
 
 
+def gathered_layer_specs(cfg: DecoderConfig, mesh: Mesh) -> dict:
+  """Per-layer specs (no leading L axis) of a layer's weights gathered for decoding: replicated over the batch
+  axes ("data", "fsdp"), the "tensor" split kept where it divides -> {name: P, "unembed": P of the [D,V] head}."""
+  specs = {n: _fit(P(*(None if a == "fsdp" else a for a in _LAYER_SPECS[n])), s, mesh)
+           for n, s in param_shapes(cfg).items()}
+  specs["unembed"] = _fit(P(None, "tensor"), (cfg.hidden_size, cfg.vocab_size), mesh)
+  return specs
+
+
 def cache_partition_specs(cache: dict, mesh: Mesh) -> dict:
   """KV-cache specs: batch over ("data","fsdp"), KV heads over "tensor" where they divide."""
   k = cache["k"].shape

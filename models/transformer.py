@@ -670,6 +670,9 @@ class Decoder(nnx.Module):
     the valid slots of its own prompt and response slots <= t. The prompt keys/values are read
     once per group and multiplied by its G*H/K queries together. The layers are unrolled (a
     Python loop): a `lax.scan` would slice the stacked weights and caches every step.
+    Under a mesh context (`jax.sharding.use_abstract_mesh`) the residual stream and the logits are
+    constrained to the batch axes (`split_rows`): with the layers' weights gathered (replicated over the
+    batch axes) each chip then decodes only its own rows and no activation crosses chips.
     """
     cfg = self.cfg
     cos, sin = rope_cos_sin(cfg, positions[:, None].astype(jnp.int32))
@@ -677,13 +680,14 @@ class Decoder(nnx.Module):
     x = self._embed(tokens[:, None])  # [B,1,D] f32
     rk, rv = list(resp["rk"]), list(resp["rv"])
     for l, p in enumerate(shared["layers"]):
+      x = split_rows(x)   # under a mesh context (the sampler's gathered-weights decode): the chip's own rows
       q, k, v = _qkv(cfg, p, x, cos, sin)  # [B,1,H|K,Dh]
       rk[l] = jax.lax.dynamic_update_slice(rk[l], k[:, 0, :, :, None].astype(rk[l].dtype), (0, 0, 0, t))
       rv[l] = jax.lax.dynamic_update_slice(rv[l], v[:, 0, :, None, :].astype(rv[l].dtype), (0, 0, t, 0))
       o = _group_attend(q[:, 0], shared["pk"][l], shared["pv"][l], shared["valid"], rk[l], rv[l], resp_ok)
       x = _finish(cfg, p, x, o[:, None])
-    logits = self._logits(rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps), shared["unembed"])
-    return logits, {"rk": rk, "rv": rv}
+    logits = self._logits(split_rows(rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps)), shared["unembed"])
+    return split_rows(logits), {"rk": rk, "rv": rv}
 
   # -- training
   def token_logprobs(self, inputs, targets, positions=None, attention_mask=None, chunk_size: int = 128,

@@ -36,6 +36,7 @@ CHOICES = {
     "model.param_dtype": ("",) + tuple(transformer._DTYPES),
     "task.name": tuple(tasks.REGISTRY),
     "log.wandb_mode": ("auto", "online", "offline"),
+    "rollout.gather_weights": ("auto", "true", "false"),
 }
 
 # Keys whose change makes a checkpoint meaningless to resume (refused unless allow_config_change=True).
@@ -81,6 +82,10 @@ def base(algo: str = "grpo") -> ml_collections.ConfigDict:
       temperature=1.0, top_p=1.0, top_k=0,   # the sampler's; the trainer's log-probs replay the same distribution
       reward_timeout=1.0, reward_workers=2,
       chunk_size=0,            # sampler decode steps per compiled chunk (0 = the sampler's 128; rl.rollout.sampler_chunk)
+      # the decode's weights under a mesh: "true" = gathered once per sampler call (replicated over data/fsdp, a
+      # tensor split kept; no per-layer all-reduce of all rows' activations), "false" = FSDP-split as the params,
+      # "auto" = gathered when fsdp > 1 and they fit the device's memory (sampling.sampler.gather_weights_choice)
+      gather_weights="auto",
   ))
   c.algo = algo               # rl.algorithms.REGISTRY
   c.adv = ml_collections.ConfigDict(dict(normalize_std=True, lam=0.1))   # lam: W-REINFORCE positive weight

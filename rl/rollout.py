@@ -185,7 +185,7 @@ def sample(ctx, params, problems, rng, *, group_size, max_new_tokens, temperatur
   out = sampling.generate((ctx.graphdef, params), toks, prompt_mask=pmask, group_size=group_size,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=r.top_p, top_k=r.top_k,
                           eos_ids=ctx.eos_ids, pad_id=ctx.pad_id, rng=rng, mesh=ctx.mesh,
-                          chunk_size=sampler_chunk(r.chunk_size, max_new_tokens))
+                          chunk_size=sampler_chunk(r.chunk_size, max_new_tokens), gather_weights=r.gather_weights)
   out = jax.tree.map(lambda a: np.array(to_host(a)), out)   # every process: all rows (gathered)
   t1 = time.perf_counter()
   rows = [p for p in problems for _ in range(group_size)]

@@ -43,6 +43,7 @@ Shapes: P prompts, G group size, L prompt length, N max_new_tokens, V vocab.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -55,7 +56,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from models.sharding import put_global, to_host
+from models.sharding import gathered_layer_specs, put_global, to_host
+from models import transformer
 from models.warping import top_k_mask, top_p_mask
 
 _BLOCK = 256  # vocab block of the two-level inverse CDF
@@ -288,10 +290,20 @@ _generate_jit = jax.jit(_generate_core, static_argnames=(
 
 # ----------------------------------------------------------------------------- chunked decoding
 
-def _prefill_core(graphdef, state, prompt, pmask, *, group_size, n_slots, mesh):
+def _gather_layers(shared, cfg, mesh):
+  """shared["layers"] and shared["unembed"] (the compute-dtype weights the decode reads) constrained to
+  `models.sharding.gathered_layer_specs`: replicated over the batch axes, the "tensor" split kept."""
+  specs = gathered_layer_specs(cfg, mesh)
+  put = lambda a, spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+  return dict(shared, layers=[{n: put(a, specs[n]) for n, a in p.items()} for p in shared["layers"]],
+              unembed=put(shared["unembed"], specs["unembed"]))
+
+
+def _prefill_core(graphdef, state, prompt, pmask, *, group_size, n_slots, mesh, gather=False):
   """prompt int32 [P,Lb] left-padded, pmask bool [P,Lb] (last column True) ->
   (shared, resp, tok0 int32 [P*G], pos0 int32 [P*G]): `Decoder.group_decode_init` state with
-  `n_slots` response slots after prefilling all but the last prompt token once per prompt."""
+  `n_slots` response slots after prefilling all but the last prompt token once per prompt.
+  gather: the per-layer weights of `shared` are gathered here, once per call (see `generate`)."""
   _COMPILES["count"] += 1
   model = nnx.merge(graphdef, state)
   P, Lb = prompt.shape
@@ -302,6 +314,8 @@ def _prefill_core(graphdef, state, prompt, pmask, *, group_size, n_slots, mesh):
   if Lb > 1:
     _, pc = model.step(prompt[:, :-1], positions[:, :-1], pc, attention_mask=pmask[:, :-1])
   shared, resp = model.group_decode_init(pc, G, n_slots)
+  if gather and mesh is not None:
+    shared = _gather_layers(shared, model.cfg, mesh)
   shared.update(pk=[_constrain(a, mesh) for a in shared["pk"]], pv=[_constrain(a, mesh) for a in shared["pv"]],
                 valid=_constrain(shared["valid"], mesh))
   resp = jax.tree.map(lambda a: _constrain(a, mesh), resp)
@@ -309,12 +323,14 @@ def _prefill_core(graphdef, state, prompt, pmask, *, group_size, n_slots, mesh):
 
 
 def _chunk_core(graphdef, state, shared, resp, carry, row_keys, stop_at, temperature, top_p, pad_id, eos, *,
-                n_steps, greedy, top_k, use_top_p, plain, mesh):
+                n_steps, greedy, top_k, use_top_p, plain, mesh, gather=False):
   """Up to `n_steps` decode steps of B rows, from step carry["t"] while t < stop_at and a row runs.
 
   shared/resp: `group_step` state (resp has A >= stop_at slots); carry: t int32 scalar, tok, pos
   int32 [B], done, stopped bool [B]; row_keys [B] -> (resp, carry, (tokens int32 [B,n_steps],
   logp f32, raw logp f32, mask bool)), column j = step carry["t"] + j (pad/0/False where not run).
+  gather: `shared` holds gathered weights (`_prefill_core`); the model is traced under the mesh, so its
+  activations stay split over the batch axes (`models.transformer.split_rows`).
   """
   _COMPILES["count"] += 1
   logging.info("sampling: compiling a decode chunk of %d steps for %d rows, %d response slots",
@@ -333,7 +349,8 @@ def _chunk_core(graphdef, state, shared, resp, carry, row_keys, stop_at, tempera
 
   def body(c):
     t = c["t"]
-    logits, resp = model.group_step(c["tok"], c["pos"], t, shared, c["resp"])
+    with _rows_split(mesh if gather else None):
+      logits, resp = model.group_step(c["tok"], c["pos"], t, shared, c["resp"])
     return dict(_sample_and_record(c, logits, t, t - t0, row_keys, temperature, top_p, pad_id, eos, **kw),
                 resp=resp)
 
@@ -363,9 +380,14 @@ def _repack_core(shared, resp, carry, row_keys, idx, keep, *, n_slots, mesh):
   return shared, resp, carry, row_keys
 
 
-_prefill_jit = jax.jit(_prefill_core, static_argnames=("graphdef", "group_size", "n_slots", "mesh"))
+def _rows_split(mesh):
+  """Context tracing the model under `mesh` (abstract: allowed inside jit); None: no context."""
+  return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+_prefill_jit = jax.jit(_prefill_core, static_argnames=("graphdef", "group_size", "n_slots", "mesh", "gather"))
 _chunk_jit = jax.jit(_chunk_core, static_argnames=(
-    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh"), donate_argnames=("resp",))
+    "graphdef", "n_steps", "greedy", "top_k", "use_top_p", "plain", "mesh", "gather"), donate_argnames=("resp",))
 _repack_jit = jax.jit(_repack_core, static_argnames=("n_slots", "mesh"))
 
 
@@ -380,13 +402,14 @@ def _slots(t: int, chunk: int, n_bucket: int) -> int:
 
 
 def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, sample_args, *, G, Nb, chunk,
-                    compact, n_dev, mesh, static):
+                    compact, n_dev, mesh, static, gather=False):
   """Host loop over decode chunks (see the module docstring). -> numpy (tokens, logp, raw, mask
   [Pb*G, max_new], stopped [Pb*G]) and num_steps."""
   B = toks_b.shape[0] * G
   C = min(chunk, Nb)
   A = _slots(0, C, Nb)
-  shared, resp, tok, pos = _prefill_jit(graphdef, state, toks_b, mask_b, group_size=G, n_slots=A, mesh=mesh)
+  shared, resp, tok, pos = _prefill_jit(graphdef, state, toks_b, mask_b, group_size=G, n_slots=A, mesh=mesh,
+                                        gather=gather)
   put = (lambda a: _put_rows(a, mesh)) if mesh is not None else jnp.asarray   # sharded (multi-process: global)
   carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=put(~to_host(active)),
                stopped=put(np.zeros((B,), bool)))
@@ -400,7 +423,7 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
   while True:
     tic = time.perf_counter()
     resp, carry, cols = _chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(min(t + C, max_new)),
-                                   *sample_args, n_steps=C, mesh=mesh, **static)
+                                   *sample_args, n_steps=C, mesh=mesh, gather=gather, **static)
     t_end = int(carry["t"])
     done = to_host(carry["done"])   # to_host: every process gets all rows (a gather when multi-process)
     _SCHEDULE.append(dict(t0=t, steps=t_end - t, rows=len(rows), slots=A, seconds=time.perf_counter() - tic))
@@ -425,6 +448,84 @@ def _decode_chunked(graphdef, state, toks_b, mask_b, keys, active, max_new, samp
       shared, resp, carry, keys = _repack_jit(shared, resp, carry, keys, idx, keep, n_slots=A_next, mesh=mesh)
       A = A_next
   return out, stopped, t
+
+
+# ----------------------------------------------------------------------------- gathered weights
+
+GATHER_HEADROOM = 0.95   # "auto" gathers when the decode's estimated bytes per device are <= this x its memory
+
+
+def _shard_bytes(a, sharding=None) -> int:
+  """Bytes of one device's shard of array (or ShapeDtypeStruct) `a` under `sharding` (default: its own)."""
+  sh = sharding if sharding is not None else getattr(a, "sharding", None)
+  shape = sh.shard_shape(a.shape) if hasattr(sh, "shard_shape") else a.shape
+  return math.prod(shape) * jnp.dtype(a.dtype).itemsize
+
+
+def decode_bytes(cfg, state, mesh, *, prompts: int, prompt_len: int, rows: int, max_new: int, gather: bool) -> dict:
+  """Estimated bytes per device while decoding (the largest chunk): {params, weights, caches, logits, total}.
+
+  cfg: the model's DecoderConfig; state: its params (arrays or ShapeDtypeStructs with shardings on `mesh`);
+  prompts x prompt_len: the (bucketed) prefill batch; rows = prompts x G decoded rows, each with a
+  max_new-slot response cache. params: the resident shards of `state`; weights: the compute-dtype copy of the
+  layers and the LM head the decode reads (gathered: whole on every device but for a "tensor" split; else
+  split like the params); caches: prompt + response KV caches (rows split over the batch axes); logits: a few
+  f32 [rows, V] blocks of the device's rows.
+  """
+  n = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.axis_names)
+  cdt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+  sdt = cfg.cache_dtype or (jnp.float32 if jax.default_backend() == "cpu" else cdt)
+  kv = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(sdt).itemsize
+  params = sum(_shard_bytes(a) for a in jax.tree.leaves(state) if hasattr(a, "shape"))
+  weights = 0
+  specs = gathered_layer_specs(cfg, mesh)
+  for name, shape in transformer.param_shapes(cfg).items():
+    full = jax.ShapeDtypeStruct((cfg.num_layers, *shape), pdt if "norm" in name else cdt)
+    spec = PartitionSpec(None, *specs[name]) if gather else None
+    weights += _shard_bytes(full, NamedSharding(mesh, spec)) if gather else math.prod(full.shape) * full.dtype.itemsize // n
+  head = cfg.hidden_size * cfg.vocab_size * cdt.itemsize
+  weights += _shard_bytes(jax.ShapeDtypeStruct((cfg.hidden_size, cfg.vocab_size), cdt),
+                          NamedSharding(mesh, specs["unembed"])) if gather else head // n
+  caches = (prompts * prompt_len + rows * max_new) * kv // n
+  logits = rows * cfg.vocab_size * 4 * 3 // n
+  return dict(params=params, weights=weights, caches=caches, logits=logits,
+              total=params + weights + caches + logits)
+
+
+def device_memory(mesh):
+  """Bytes of memory of one of `mesh`'s devices (this process's), or None where the backend does not say
+  (the CPU; abstract TPU devices)."""
+  try:
+    dev = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    stats = dev.memory_stats()
+  except Exception:   # noqa: BLE001 -- abstract devices, backends without memory stats
+    return None
+  return (stats or {}).get("bytes_limit")
+
+
+def gather_weights_choice(setting, cfg, state, mesh, *, prompts: int, prompt_len: int, rows: int, max_new: int,
+                          memory_bytes=None) -> bool:
+  """Whether the decode gathers the layers' weights (see `generate`'s gather_weights).
+
+  setting: True / False / "auto" (also "true" / "false"). "auto" gathers when the mesh splits the weights over
+  "fsdp" (size > 1) and `decode_bytes(..., gather=True)["total"]` is at most GATHER_HEADROOM x the device's
+  memory (memory_bytes, default `device_memory(mesh)`); a device whose memory is not known (the CPU, where the
+  "interconnect" is a memory copy and the devices share the host's RAM) does not gather.
+  """
+  if setting in (True, "true"):
+    return mesh is not None
+  if setting in (False, "false"):
+    return False
+  if setting != "auto":
+    raise ValueError(f"generate: gather_weights must be 'auto', True or False, got {setting!r}")
+  if mesh is None or mesh.shape.get("fsdp", 1) <= 1:
+    return False
+  memory_bytes = memory_bytes if memory_bytes is not None else device_memory(mesh)
+  if not memory_bytes:
+    return False
+  need = decode_bytes(cfg, state, mesh, prompts=prompts, prompt_len=prompt_len, rows=rows, max_new=max_new,
+                      gather=True)["total"]
+  return need <= GATHER_HEADROOM * memory_bytes
 
 
 # ----------------------------------------------------------------------------- public API
@@ -497,7 +598,8 @@ def _row_keys(rng, n_rows):
 def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, eos_ids: Sequence[int] = (), pad_id: int = 0,
              rng, prompt_mask=None, mesh=None, bucket_shapes: bool = True,
-             shared_prompt_cache: bool = True, chunk_size: int = 128, compact: bool = True) -> SampleOutput:
+             shared_prompt_cache: bool = True, chunk_size: int = 128, compact: bool = True,
+             gather_weights="auto") -> SampleOutput:
   """Samples `group_size` responses for each prompt. See the module docstring.
 
   model: a `models.Decoder` (or a `(graphdef, state)` pair from `nnx.split(model)`).
@@ -514,6 +616,13 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     holds under 1.5 (t + chunk_size) slots, so per-step attention tracks the filled length.
   compact: between chunks, re-pack the running rows into a batch of the next power of two once at
     most half of the rows run (same samples: row keys and per-row math do not depend on the batch).
+  gather_weights: with a mesh (shared prompt cache path), True gathers the compute-dtype copy of the layers'
+    weights and the LM head once per call (replicated over the batch axes "data"/"fsdp", a "tensor" split
+    kept) and decodes each device's own rows with them: no per-layer all-reduce of all rows' activations in
+    the decode loop, at the cost of the whole weights on every device. False: they stay split like the params
+    (FSDP) and every layer of every step all-reduces partial sums of all rows. "auto": True when the mesh
+    splits the weights over "fsdp" and the estimate fits the device's memory (`gather_weights_choice`).
+    The samples are the same either way (up to float summation order).
   -> SampleOutput with P*G rows and N = max_new_tokens columns.
   """
   if group_size < 1:
@@ -528,6 +637,8 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
     raise ValueError(f"generate: top_k must be >= 0, got {top_k}")
   if chunk_size < 1:
     raise ValueError(f"generate: chunk_size must be >= 1, got {chunk_size}")
+  if not any(gather_weights is v or gather_weights == v for v in ("auto", "true", "false", True, False)):
+    raise ValueError(f"generate: gather_weights must be 'auto', True or False, got {gather_weights!r}")
   if isinstance(model, tuple):
     graphdef, state = model
   else:
@@ -562,10 +673,15 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
   eos = np.full(bucket(len(eos_ids), 4), -1, np.int32)  # a runtime array: no recompilation per EOS set
   eos[:len(eos_ids)] = eos_ids
   args = (toks_b, mask_b, keys, active)
+  gather = False
   if mesh is not None:
     mesh = _auto_mesh(mesh)
     args = tuple(_put_rows(a, mesh) for a in args)
     state = jax.tree.map(lambda x: _to_auto(x, mesh), state)
+    if shared_prompt_cache:
+      cfg = model.cfg if not isinstance(model, tuple) else nnx.merge(graphdef, state).cfg
+      gather = gather_weights_choice(gather_weights, cfg, state, mesh, prompts=Pb, prompt_len=Lb, rows=Pb * G,
+                                     max_new=Nb)
 
   sample_args = (jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id),
                  jnp.asarray(eos, jnp.int32))
@@ -574,7 +690,7 @@ def generate(model, prompts, *, group_size: int, max_new_tokens: int, temperatur
   if shared_prompt_cache:
     o, stopped, steps = _decode_chunked(graphdef, state, *args, max_new_tokens, sample_args, G=G, Nb=Nb,
                                         chunk=int(chunk_size), compact=compact, n_dev=n_dev, mesh=mesh,
-                                        static=static)
+                                        static=static, gather=gather)
     put = (lambda a: _put_rows(a, mesh)) if mesh is not None else jnp.asarray
     tokens, logp, raw, rmask, stopped = (put(a) for a in (o["tokens"], o["logp"], o["raw"], o["mask"], stopped))
     steps = jnp.int32(steps)

@@ -103,17 +103,21 @@ def test_tiny_update_and_sampler_memory_on_v5e_2x2(tmp_path):
 
   # the sample phase's figure is its largest decode chunk (sampler._chunk_core over all 32 rows, the full
   # 128-slot response cache); its arguments: the f32 params (resident, kept), the `shared` state the prefill
-  # built (per-layer bf16 matrices and the bf16 lm head, sharded like the params; f32 norms), the bf16 prompt
-  # KV (1 prompt per chip, 127 slots) and the bf16 response caches (8 rows per chip), donated
+  # built (per-layer bf16 matrices and the bf16 lm head, gathered: whole on every chip, as rollout.gather_weights
+  # "auto" chooses when they fit; f32 norms), the bf16 prompt KV (1 prompt per chip, 127 slots) and the bf16
+  # response caches (8 rows per chip), donated
   s = res["sample"]["hbm"]
+  assert res["sample"]["est"]["gathered"] and res["sample"]["version"] == plan.PHASE_VERSION["sample"]
   resp_cache = L * 2 * (4 * 8 // 4) * 8 * 128 * 128 * 2
-  shared = 2 * (L * (4 * D * HD + 3 * D * F) + D * V) // 4 + 4 * 2 * L * D
+  shared = 2 * (L * (4 * D * HD + 3 * D * F) + D * V) + 4 * 2 * L * D
   prompt_kv = L * 2 * 1 * 8 * 127 * 128 * 2
   assert params + shared + prompt_kv + resp_cache <= s["args"] <= params + shared + prompt_kv + resp_cache + slack
   assert resp_cache <= s["alias"] <= resp_cache + slack        # the response cache is donated chunk to chunk
-  # XLA reports ~0 temporaries for the while loop, so the planner's figure is its analytic live set
-  bf16_weights = 2 * (matrices + norms)
-  assert s["temp"] >= bf16_weights and s["total"] >= s["args"] - s["alias"] + s["temp"]
+  # XLA reports ~0 temporaries for the while loop, so the planner's figure is its analytic live set (the logits)
+  assert s["temp"] >= 32 * V * 12 // 4 and s["total"] >= s["args"] - s["alias"] + s["temp"]
+  # the decode loop's collectives (plan.loop_collectives): the embedding lookup and the exit test, no activations
+  assert 0 < res["sample"]["est"]["decode_ici_bytes"] < 32 * D * 4
+  assert res["sample"]["roofline"]["ici_s"] == pytest.approx(128 * res["sample"]["est"]["decode_ici_step_s"])
   progs = res["sample"]["est"]["programs_hbm_gib"]
   assert set(progs) == {"prefill", "chunk"} and progs["chunk"] >= progs["prefill"]
   assert res["sample"]["est"]["shapes"] == dict(P=4, L=128, N=128, B=32, C=128)
@@ -142,8 +146,9 @@ def test_paper_configs_validate(name):
 
 def test_scale_config_keys_are_checked():
   c = config.base()
-  assert (c.model.param_dtype, c.model.remat, c.mesh.tensor) == ("", False, 1)
-  for key, bad in (("model.param_dtype", "float64"), ("mesh.tensor", 0), ("mesh.tensor", -1)):
+  assert (c.model.param_dtype, c.model.remat, c.mesh.tensor, c.rollout.gather_weights) == ("", False, 1, "auto")
+  for key, bad in (("model.param_dtype", "float64"), ("mesh.tensor", 0), ("mesh.tensor", -1),
+                   ("rollout.gather_weights", "yes")):
     section, name = key.split(".")
     old = c[section][name]
     c[section][name] = bad
@@ -216,6 +221,80 @@ def test_table_cli_renders_the_committed_plans():
       res = json.load(fh)
     s = res["setup"]
     for p in ("sample", "logp", "update"):
-      if p in res:
+      if p in res and res[p].get("version", plan.VERSION) == plan.PHASE_VERSION[p]:   # older phases: not rendered
         gib = (">" if "oom" in res[p]["hbm"] else "") + f"{res[p]['hbm_gib']['total']:.1f}"   # > : XLA refused it
         assert any(f"| {s['topology']} ({s['chips']}) |" in x and f"| {p} | {gib}" in x for x in rows), (f, p)
+
+
+def _float_row_allreduces(colls, rows):
+  """The all-reduces among `colls` (plan.loop_collectives) carrying a float array of all `rows` rows: the
+  activations' partial sums (q/k/v, MLP, norms, logits)."""
+  return [x for x in colls if x["op"].startswith("all-reduce")
+          and re.search(rf"= \(?[^=]*\b(f32|bf16)\[{rows}(,|\])", x["line"])]
+
+
+def test_gathered_decode_has_no_per_step_allreduce_of_the_rows_on_the_tpu_program():
+  """The sampler's decode chunk compiled for v5e:2x2 (fsdp=4). Weights left FSDP-split (gather=False, the layout
+  before rollout.gather_weights): every layer of every step all-reduces partial sums of all 32 rows inside the
+  while loop. Gathered (sampling.sampler._prefill_core replicates the compute-dtype weights once, the decode runs
+  under the mesh): none; what crosses chips per step is the token embedding lookup and the loop's exit test."""
+  pytest.importorskip("libtpu", reason="libtpu not installed: cannot compile for TPU topologies")
+  c = _config(dtype="bfloat16", param_dtype="float32", remat=True)
+  with c.unlocked():
+    c.mesh.data, c.mesh.fsdp = 1, -1
+  hf = dict(_tile_friendly_hf(), vocab_size=4096)
+  mesh = trainer.make_mesh(c.mesh, devices=plan.topology_devices("v5e:2x2"))
+  cfg = plan.trainer_model_config(hf, c.model)
+  cfg = type(cfg)(**dict(cfg.__dict__, cache_dtype="bfloat16"))
+  graphdef, params = plan.abstract_params(cfg, mesh)
+  B, D, L = 32, 512, 2
+  out = {}
+  for gather in (False, True):
+    progs, _ = plan.sampler_programs(graphdef, params, mesh, prompts=4, group_size=8, prompt_len=64, max_new_tokens=128,
+                                     temperature=1.0, top_p=1.0, top_k=0, gather=gather)
+    pre, _ = plan._compile(*progs["prefill"])
+    chunk, _ = plan._compile(*progs["chunk"](pre))
+    out[gather] = (plan.loop_collectives(chunk.as_text(), 4), plan.memory(chunk))
+  split, gathered = out[False][0], out[True][0]
+  # the witness of the old layout: q/k/v, MLP and norm partial sums of every layer and the logits (if XLA ever
+  # stops choosing it, this test needs a new witness)
+  assert len(_float_row_allreduces(split, B)) >= 2 * L + 1
+  assert _float_row_allreduces(gathered, B) == []
+  assert sum(x["wire"] for x in gathered) < B * D * 4 < sum(x["wire"] for x in split)
+  # the price: the whole bf16 layers (and LM head) are arguments on every chip instead of a quarter of them
+  bf16 = 2 * (L * (4 * D * 1024 + 3 * D * 1024) + D * 4096)
+  assert out[True][1]["args"] - out[False][1]["args"] == pytest.approx(bf16 * 3 / 4, rel=0.02)
+
+
+def test_gather_weights_choice_counts_the_decode_bytes():
+  """sampler.decode_bytes against a hand count (v5e:2x2, fsdp=4) and the "auto" rule around its threshold."""
+  pytest.importorskip("libtpu", reason="libtpu not installed: cannot compile for TPU topologies")
+  from sampling import sampler
+  c = _config(dtype="bfloat16", param_dtype="float32")
+  hf = _tile_friendly_hf()
+  devices = plan.topology_devices("v5e:2x2")
+  mesh = sharding.make_mesh(data=1, fsdp=4, devices=devices)
+  cfg = plan.trainer_model_config(hf, c.model)
+  cfg = type(cfg)(**dict(cfg.__dict__, cache_dtype="bfloat16"))
+  _, params = plan.abstract_params(cfg, mesh)
+  L, D, F, V, HD = 2, 512, 1024, 256, 8 * 128
+  matrices = 2 * V * D + L * (4 * D * HD + 3 * D * F)
+  norms = D + 2 * L * D
+  P_, Lb, B, N = 4, 64, 32, 128
+  kw = dict(prompts=P_, prompt_len=Lb, rows=B, max_new=N)
+  got = sampler.decode_bytes(cfg, params, mesh, gather=True, **kw)
+  assert got["params"] == 4 * (matrices // 4 + norms)                       # f32 shards, norms replicated
+  assert got["weights"] == 2 * (L * (4 * D * HD + 3 * D * F) + D * V) + 4 * 2 * L * D   # whole bf16 + f32 norms
+  assert got["caches"] == (P_ * Lb + B * N) * L * 2 * HD * 2 // 4
+  assert got["logits"] == B * V * 12 // 4
+  assert got["total"] == sum(got[k] for k in ("params", "weights", "caches", "logits"))
+  assert sampler.decode_bytes(cfg, params, mesh, gather=False, **kw)["weights"] < got["weights"] / 3
+  need = got["total"] / sampler.GATHER_HEADROOM
+  choose = lambda setting, m=mesh, mem=None: sampler.gather_weights_choice(setting, cfg, params, m, memory_bytes=mem, **kw)
+  assert choose("auto", mem=need + 1) and not choose("auto", mem=need - 1)
+  assert not choose("auto")                       # abstract devices report no memory: not gathered
+  assert choose(True) and choose("true") and not choose(False, mem=need + 1) and not choose("false")
+  one = sharding.make_mesh(data=4, fsdp=1, devices=devices)   # weights not split over the batch axes
+  assert not choose("auto", m=one, mem=10 * need)
+  with pytest.raises(ValueError, match="gather_weights"):
+    choose("maybe")

@@ -424,3 +424,55 @@ def test_chunked_compacted_decode_equals_single_loop(model):
     n = d["t0"] + 4
     assert n <= d["slots"] < max(1.5 * n, n + 4) and d["slots"] % 4 == 0 and d["steps"] <= 4
   assert sum(d["steps"] for d in small) == int(ref.num_steps)
+
+
+def test_gathered_decode_weights_give_the_same_samples(tiny, tmp_path):
+  """8 emulated CPU devices, params FSDP-split over fsdp=4 (data=2): the decode with its weights gathered once
+  per call (gather_weights=True: replicated over the batch axes, each device decoding its own rows) draws the
+  same samples as with the weights left split (False, every layer all-reducing partial sums), for the same rng;
+  "auto" does not gather on the CPU (no device memory to check against). The prefill's output shows which."""
+  with open(tmp_path / "pure.pkl", "wb") as f:
+    pickle.dump(tiny[1], f)
+  code = textwrap.dedent(f"""
+      import os, pickle
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+      os.environ["JAX_PLATFORMS"] = "cpu"
+      import jax, numpy as np
+      import sampling
+      from sampling import sampler as S
+      from models import sharding
+      from test_sampling import _tiny_model
+      m, _ = _tiny_model(pickle.load(open({str(tmp_path / "pure.pkl")!r}, "rb")))
+      mesh = sharding.make_mesh(data=2, fsdp=4)
+      m = sharding.shard_model(m, mesh)
+      assert m.layers.wq[...].sharding.spec[1] == "fsdp"      # [L, D/4, H, Dh] per device
+      seen, prefill = [], S._prefill_jit
+      def spy(*a, **k):
+        out = prefill(*a, **k)
+        w = out[0]["layers"][0]["w_up"]
+        seen.append((k["gather"], w.sharding.is_fully_replicated, w.sharding.shard_shape(w.shape)))
+        return out
+      S._prefill_jit = spy
+      kw = dict(group_size=4, max_new_tokens=40, eos_ids=tuple(range(3, 23)), temperature=0.9, top_p=0.95, rng=jax.random.key(5))
+      split = sampling.generate(m, {PROMPTS!r}, mesh=mesh, gather_weights=False, **kw)
+      gath = sampling.generate(m, {PROMPTS!r}, mesh=mesh, gather_weights=True, **kw)
+      auto = sampling.generate(m, {PROMPTS!r}, mesh=mesh, **kw)
+      assert [s[:2] for s in seen] == [(False, False), (True, True), (False, False)], seen
+      assert seen[1][2] == (32, 64) and seen[0][2] == (8, 64), seen       # w_up [D, F]: whole vs split on D
+      assert 0 < np.asarray(split.stopped).sum() < 12, split.lengths   # some rows stop early (compaction), not all
+      for o in (gath, auto):
+        np.testing.assert_array_equal(split.tokens, o.tokens)
+        np.testing.assert_array_equal(split.mask, o.mask)
+        np.testing.assert_allclose(split.logprobs, o.logprobs, atol=1e-5)
+        np.testing.assert_allclose(split.model_logprobs, o.model_logprobs, atol=1e-5)
+      print("OK")
+  """)
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, tests_dir, os.environ.get("PYTHONPATH", "")]))
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_gather_weights_setting_is_checked(model):
+  with pytest.raises(ValueError, match="gather_weights"):
+    sampling.generate(model, [[1]], group_size=1, max_new_tokens=2, rng=jax.random.key(0), gather_weights="yes")
