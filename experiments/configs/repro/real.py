@@ -54,6 +54,7 @@ def get_config(algo="grpo", task=TASK):
   c.total_steps = TOTAL_STEPS
   c.eval_every = 0                  # before and after training
   c.checkpoint_every = 4
+  c.keep_checkpoints = 1            # params + AdamW moments: 1.6 GB per checkpoint, 12 runs per study
   c.eval.n_samples = 32
   c.eval.prompts_per_call = 2       # 2 problems x 32 samples per sampler call
   c.log.samples_every = 0
