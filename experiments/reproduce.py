@@ -239,6 +239,12 @@ def train_times(rows):
   return out
 
 
+def run_cpu_s(rows):
+  """CPU seconds of a run's steps and evaluations (the trainer's cpu/step + cpu/eval; model loading and the
+  compilations outside them excluded): on a shared machine the wall time depends on the load, this much less."""
+  return float(sum(_num(r.get("cpu/step", 0.0)) + _num(r.get("cpu/eval", 0.0)) for r in rows))
+
+
 def series(runs, key):
   """Per-step metric `key` over seeds -> (steps [T], mean [T], std [T]) on the steps every seed has."""
   per = [{r["step"]: _num(r[key]) for r in run["rows"] if key in r and r["step"] > 0} for run in runs]
@@ -379,6 +385,8 @@ def summarize(workdir, study, scale, seeds, res, wall):
     train_s = [train_times(r["rows"])[-1][1] if r["rows"] else 0.0 for r in runs]
     row["train_s"] = [float(np.mean(train_s)), float(np.std(train_s, ddof=1)) if len(train_s) > 1 else 0.0]
     row["wall_s"] = [float(np.mean([r["wall_s"] for r in runs])), 0.0]
+    cpu = [run_cpu_s(r["rows"]) for r in runs]
+    row["cpu_s"] = [float(np.mean(cpu)), float(np.std(cpu, ddof=1)) if len(cpu) > 1 else 0.0]
     row["per_seed_pass_at_k"] = {str(k): [float(r["final"]["pass"][i]) for r in runs] for i, k in enumerate(ks)}
     table[arm] = row
   checks = findings(study, res)
@@ -391,18 +399,22 @@ def summarize(workdir, study, scale, seeds, res, wall):
   show = [k for k in ks if k in (1, 2, 4, 8, 16, 32, 64, 128, 256) or k == ks[-1]]
   lines = [f"# {study} ({scale} scale): mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
            f"{out['num_problems']} held-out problems, n = {out['n']} samples each", "",
-           f"Wall time of the runs (SFT base included): {wall / 60:.1f} min.", "",
+           f"Wall time of the runs (SFT base included): {wall / 60:.1f} min; CPU time of their steps and "
+           f"evaluations (base: its evaluations are in the trained arms'): "
+           f"{sum(r['cpu_s'][0] for r in table.values()) * len(seeds) / 60:.1f} min.", "",
            "| arm | " + " | ".join(f"pass@{k}" for k in show) + " | entropy | length (correct) | zero-adv frac | "
-           "train s |", "|---" * (len(show) + 5) + "|"]
+           "train s | CPU s |", "|---" * (len(show) + 6) + "|"]
   for arm, row in table.items():
     z = row["zero_adv_frac"]
     lines.append(f"| {arm} | " + " | ".join(_pm(*row["pass_at_k"][str(k)]) for k in show) +
                  f" | {_pm(row['entropy'][0], row['entropy'][1], 2)} | {_pm(row['length_correct'][0], row['length_correct'][1], 1)} | "
-                 f"{_pm(*z, 2) if z else '-'} | {row['train_s'][0]:.0f} |")
+                 f"{_pm(*z, 2) if z else '-'} | {row['train_s'][0]:.0f} | {row['cpu_s'][0]:.0f} |")
   lines += ["", "entropy: mean negative log-prob of the sampled evaluation tokens (nats/token, an estimate of the "
             "per-token entropy at the evaluation temperature); length: tokens of the correct responses; "
             "zero-adv frac: share of training samples with advantage exactly 0, mean over steps; train s: summed "
-            "time/step after step 1 (compilation and evaluations excluded; the machine may have been shared).", "", "## Findings (per seed)", "",
+            "time/step after step 1 (compilation and evaluations excluded; the machine may have been shared); CPU s: CPU "
+            "seconds of the run's steps and evaluations (mean over seeds; the base's evaluation is counted in the "
+            "arm that ran it).", "", "## Findings (per seed)", "",
             "| finding | holds in | per-seed values | measured as |", "|---|---|---|---|"]
   for ch in checks:
     lines.append(f"| {ch['finding']} | {ch['holds_seeds']}/{len(ch['per_seed'])} | "

@@ -172,18 +172,23 @@ class Trainer:
   # ------------------------------------------------------------------------ one step
   def train_step(self, state, step):
     """One RL step -> (new state, metrics dict, Batch). Deterministic given (state, data iterator position)."""
-    c, t0 = self.c, time.perf_counter()
+    c, t0, cpu0 = self.c, time.perf_counter(), time.process_time()
     rng = jax.random.fold_in(state["rng"], step)
     batch, info = rollout.collect(self.ctx, state["params"], self.it, rng)   # sample, score, refill, inject
+    cpu_generate = time.process_time() - cpu0
     batch, filter_info = algorithms.postprocess(c, batch)                    # shaping, advantages, keep masks
     arrays, times = self.logprobs(state, batch)                              # old (+ reference) log-probs
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     params, opt_state, upd = update.run_epochs(self.update, state["params"], state["opt_state"], arrays, self.hp,
                                                c.train, seed=c.seed, step=step, mesh=self.mesh,
                                                rows=arrays.pop("live", None), trim=c.train.trim_padding,
                                                agg=c.loss.agg, share=c.train.share_prompt,
                                                pack=c.train.pack_responses)   # optax
     times["time/update"], times["time/step"] = time.perf_counter() - t1, time.perf_counter() - t0
+    # CPU seconds of this process (all its threads; the reward workers excluded): on a shared machine the wall
+    # times above depend on the load, these much less (what an idle machine's wall time is estimated from)
+    times["cpu/update"], times["cpu/step"] = time.process_time() - cpu1, time.process_time() - cpu0
+    times["cpu/generate"] = cpu_generate
     times["tokens_per_s"] = float(batch.mask.sum()) / max(times["time/step"], 1e-9)
     times.update({"updates/skipped_zero_adv": int(upd["skipped_zero_adv"]), "update/rows": int(upd["update_rows"]),
                   "update/prompt_rows": int(upd["update_prompt_rows"]),
@@ -251,16 +256,17 @@ class Trainer:
     (mean negative log-prob of the sampled tokens), the mean response length (all / correct responses), and
     the per-problem correct counts in workdir/eval_counts.jsonl (one row per evaluation: what pass@k at any
     k <= n, and comparisons on the same problems across runs, are computed from)."""
-    problems, t0 = self.task.eval_problems, time.perf_counter()
+    problems, t0, cpu0 = self.task.eval_problems, time.perf_counter(), time.process_time()
     rng = jax.random.fold_in(jax.random.PRNGKey(self.c.seed + 1), step)
     correct, preds, first, stats = rollout.evaluate(self.ctx, params, problems, rng)
     res = evaluation.evaluate_runs(correct, preds, problem_ids=[p.id for p in problems])
     out = evaluation.flat_metrics(res, prefix="eval/")
     out.update({"eval/num_problems": len(problems), "eval/n_samples": self.c.eval.n_samples,
                 "eval/runs": self.c.eval.runs, "eval/entropy": stats["nll"], "eval/response_length": stats["length"],
-                "eval/response_length_correct": stats["length_correct"], "time/eval": time.perf_counter() - t0})
+                "eval/response_length_correct": stats["length_correct"], "time/eval": time.perf_counter() - t0,
+                "cpu/eval": time.process_time() - cpu0})
     evaluation.append_counts(os.path.join(self.workdir, "eval_counts.jsonl"), step, [p.id for p in problems], correct)
-    self.meta["evals"].append({"step": step, **{k: v for k, v in out.items() if not k.startswith("time/")}})
+    self.meta["evals"].append({"step": step, **{k: v for k, v in out.items() if not k.startswith(("time/", "cpu/"))}})
     outputs.write_samples(self.workdir, step, first, "eval")
     outputs.print_samples(first, self.c.log.samples_printed, step)
     if outputs.is_main():

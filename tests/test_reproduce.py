@@ -130,6 +130,13 @@ def test_reduced_psr_nsr_study_writes_and_resumes(tmp_path, capsys):
     last = [json.loads(l) for l in f][-1]
   assert last["step"] == 2
   np.testing.assert_allclose(res["arms"]["psr"]["per_seed_pass_at_k"]["1"][1], last["eval/pass@1"], atol=1e-6)
+  # CPU s: the runs' steps and evaluations (cpu/step, cpu/eval rows), mean over the seeds
+  cpu = []
+  for s in (0, 1):
+    with open(os.path.join(wd, "runs", "psr", f"seed{s}", "metrics.jsonl")) as f:
+      cpu.append(sum(r.get("cpu/step", 0) + r.get("cpu/eval", 0) for r in map(json.loads, f)))
+  assert min(cpu) > 0
+  np.testing.assert_allclose(res["arms"]["psr"]["cpu_s"][0], np.mean(cpu), rtol=1e-6)
   # every arm starts from the SFT base: the same step-0 evaluation in a seed
   starts = [evaluation.read_counts(os.path.join(wd, "runs", a, "seed0", "eval_counts.jsonl"))[0]["correct"]
             for a in ("grpo", "psr", "nsr")]

@@ -51,6 +51,10 @@ def test_tiny_reward_rises(tmp_path):
               "clip_frac/high", "kl/approx_old", "kl/ref", "entropy", "grad_norm", "lr", "sampler_logp_diff",
               "time/generate", "time/reward", "time/reference", "time/update", "tokens_per_s", "reward/timeouts"]:
     assert key in r[1], key
+  # CPU seconds of the process: a step's include its generate and update parts; the evaluation's are there too
+  for x in train_rows(tmp_path):
+    assert 0 <= x["cpu/generate"] and 0 < x["cpu/update"] and x["cpu/generate"] + x["cpu/update"] <= x["cpu/step"] + 1e-6
+  assert r[0]["cpu/eval"] > 0
   # the trainer's forward reproduces the sampler's (temperature 1) log-probs
   assert all(x["sampler_logp_diff"] < 1e-4 for x in train_rows(tmp_path))
   assert all(x["reward/timeouts"] == 0 for x in train_rows(tmp_path))   # the toy scorer never hangs
