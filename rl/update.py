@@ -293,9 +293,10 @@ def pack_minibatch(sub, n_live, R, M):
   """A minibatch whose first n_live rows are the live ones, ordered by prompt (`compact` after the prompt sort)
   -> M micro-batches with the responses PACKED (`Decoder.packed_prompt_logprobs`): every response's inputs
   (its n_b - 1 tokens before the last valid one, at least one column) go first-fit-decreasing into packed rows of
-  width W = T holding responses of one prompt (at most PACK_PER_ROW each); the packed rows fill the M micro-batches in order, R per
-  micro-batch (fixed: one compiled shape for any number of packed rows; `run_epochs` uses R = micro / 4, so the
-  update computes the live packed rows in steps of a quarter micro-batch and skips the empty micro-batches).
+  width W = T holding responses of one prompt (at most PACK_PER_ROW each); the packed rows fill the M micro-batches
+  in order, R per micro-batch (fixed: one compiled shape for any number of packed rows; `run_epochs` uses
+  R = micro / 4, so the update computes the live packed rows in steps of a quarter micro-batch and skips the
+  empty micro-batches).
 
   sub: the `arrays` [N, ...] of the module docstring (N >= n_live). Returns a dict of [M, ...] arrays:
     the row arrays (tokens, mask, keep, adv, ...) [M,C,...]: the responses of each micro-batch, padded to

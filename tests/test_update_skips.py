@@ -286,6 +286,7 @@ def test_bf16_matmuls_stay_within_the_stated_tolerance_of_f32(tiny):
     p_b, m_b = one_step((g16, p16, mesh), c, arrays, optax.sgd(1.0), **kw)
     d32 = [a - b for a, b in zip(jax.tree.leaves(p_a), jax.tree.leaves(params))]
     d16 = [a - b for a, b in zip(jax.tree.leaves(p_b), jax.tree.leaves(params))]
-    err = np.sqrt(sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(d16, d32)) / sum(float(jnp.sum(x ** 2)) for x in d32))
+    num = sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(d16, d32))
+    err = np.sqrt(num / sum(float(jnp.sum(x ** 2)) for x in d32))
     assert 0 < err < 0.02, (algo, err)   # > 0: the bf16 path really rounds
     assert m_b["loss"] == pytest.approx(m_a["loss"], rel=1e-3)
