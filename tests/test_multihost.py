@@ -24,7 +24,7 @@ ARGS = ["--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), f"-
         "--config.eval_at_start=False", "--config.task.num_eval=8", "--config.eval.n_samples=8",
         "--config.rollout.reward_workers=1"]   # the evaluation's sampler shapes = the rollout's: no extra compile
 # wall-clock figures differ between runs; everything else is a function of the seed and the data
-VOLATILE = ("time/", "tokens_per_s")
+VOLATILE = ("time/", "cpu/", "tokens_per_s")
 
 
 def _free_port():

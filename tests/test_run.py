@@ -25,7 +25,7 @@ def rows(workdir):
 
 
 def deterministic(row):
-  return {k: v for k, v in row.items() if not (k.startswith("time/") or k == "tokens_per_s")}
+  return {k: v for k, v in row.items() if not (k.startswith(("time/", "cpu/")) or k == "tokens_per_s")}
 
 
 @pytest.fixture(scope="module")
