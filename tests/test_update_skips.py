@@ -147,6 +147,28 @@ def test_several_minibatches_and_epochs(tiny):
   assert moved(p_full, tiny[1]) > 1e-4 and m["skipped_zero_adv"] == 0
 
 
+def same_update(tiny, algo, micro, mbs, plain, variant):
+  """One update of the grouped batch with the skips in `plain` and in `variant` (one_step keyword dicts) -> their
+  metrics, after asserting the same parameters, loss and gradient norm (KL: with a reference forward; 2
+  minibatches: Adam and a separate old-policy forward)."""
+  c = loss_config(algo)
+  c.train.micro_batch_size, c.train.minibatches = micro, mbs
+  arrays = make_arrays(algo, seed=3, grouped=True)
+  tx = optax.sgd(1.0) if mbs == 1 else optax.adam(1e-3)
+  ref = None
+  if algo == "kl":
+    ref = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), tiny[1])
+  base = dict(rows=True, fused=mbs == 1, trim=True, ref_params=ref)
+  p_plain, m_plain = one_step(tiny, c, arrays, tx, **base, **plain)
+  p_var, m_var = one_step(tiny, c, arrays, tx, **base, **variant)
+  assert moved(p_plain, tiny[1]) > 1e-4
+  tol = 1e-6 * max(1.0, moved(p_plain, tiny[1])) if mbs == 1 else 1e-5   # Adam: see the test above
+  assert max_diff(p_var, p_plain) < tol
+  assert m_var["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
+  assert m_var["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)
+  return m_plain, m_var
+
+
 @pytest.mark.parametrize("algo,micro,mbs", [
     pytest.param("grpo", 0, 1, marks=pytest.mark.slow), ("psr", 4, 1),
     pytest.param("nsr", 8, 1, marks=pytest.mark.slow), ("kl", 0, 1),
@@ -156,21 +178,7 @@ def test_shared_prompt_gives_the_same_parameters(tiny, algo, micro, mbs):
   group, so with micro 4 the live rows of a group are split across micro-batches (ragged); KL: every row is
   live, with a separate reference forward (shared too); 2 minibatches: the rows are permuted, then regrouped by
   prompt, with a separate old-policy forward (shared too)."""
-  c = loss_config(algo)
-  c.train.micro_batch_size, c.train.minibatches = micro, mbs
-  arrays = make_arrays(algo, seed=3, grouped=True)
-  tx = optax.sgd(1.0) if mbs == 1 else optax.adam(1e-3)
-  ref = None
-  if algo == "kl":
-    ref = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), tiny[1])
-  base = dict(rows=True, fused=mbs == 1, trim=True, ref_params=ref)
-  p_plain, m_plain = one_step(tiny, c, arrays, tx, share=False, **base)
-  p_share, m_share = one_step(tiny, c, arrays, tx, share=True, **base)
-  assert moved(p_plain, tiny[1]) > 1e-4
-  tol = 1e-6 * max(1.0, moved(p_plain, tiny[1])) if mbs == 1 else 1e-5   # Adam: see the test above
-  assert max_diff(p_share, p_plain) < tol
-  assert m_share["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
-  assert m_share["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)
+  m_plain, m_share = same_update(tiny, algo, micro, mbs, dict(share=False), dict(share=True))
   assert m_share["update_rows"] == m_plain["update_rows"] == m_plain["update_prompt_rows"]
   assert m_share["update_prompt_rows"] <= m_plain["update_rows"] / 2   # groups of 4: the prompt part shared
 
@@ -181,21 +189,7 @@ def test_packed_responses_give_the_same_parameters(tiny, algo, micro, mbs):
   """train.pack_responses: the responses of a prompt packed into shared rows give the parameters of the unpacked
   shared-prompt update (PSR: ragged live rows per group; KL: every row live, reference forward unpacked; 2
   minibatches: Adam, separate old-policy forward), computing fewer rows."""
-  c = loss_config(algo)
-  c.train.micro_batch_size, c.train.minibatches = micro, mbs
-  arrays = make_arrays(algo, seed=3, grouped=True)
-  tx = optax.sgd(1.0) if mbs == 1 else optax.adam(1e-3)
-  ref = None
-  if algo == "kl":
-    ref = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), tiny[1])
-  base = dict(rows=True, fused=mbs == 1, trim=True, ref_params=ref, share=True)
-  p_plain, m_plain = one_step(tiny, c, arrays, tx, **base)
-  p_pack, m_pack = one_step(tiny, c, arrays, tx, pack=True, **base)
-  assert moved(p_plain, tiny[1]) > 1e-4
-  tol = 1e-6 * max(1.0, moved(p_plain, tiny[1])) if mbs == 1 else 1e-5   # Adam: see above
-  assert max_diff(p_pack, p_plain) < tol
-  assert m_pack["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
-  assert m_pack["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-5)
+  m_plain, m_pack = same_update(tiny, algo, micro, mbs, dict(share=True), dict(share=True, pack=True))
   assert m_pack["update_rows"] < m_plain["update_rows"]   # responses of <= 12 tokens in 16 columns share rows
 
 
