@@ -186,16 +186,22 @@ def _logits_rows(compiled, V):
   return sorted({int(m.group(1)) for m in re.finditer(rf"f32\[(\d+),\d+,{V}\]", compiled.as_text())})
 
 
-def test_logprob_forward_keeps_rows_split_on_the_tpu_program():
-  """FSDP without activation constraints: GSPMD carried the weights' split of D into the activations, so every
-  chip computed the logits (and MLP intermediates) of ALL rows of the micro-batch; under the trainer's mesh
-  (rl.update.in_mesh -> models.transformer.split_rows) each chip holds only its own rows."""
+def _bf16_fsdp_v5e_2x2():
+  """-> (config: bf16 compute, f32 params, remat, all chips on fsdp; a tile-friendly model with V = 4096; the
+  trainer's mesh over v5e:2x2); skips without libtpu."""
   pytest.importorskip("libtpu", reason="libtpu not installed: cannot compile for TPU topologies")
   c = _config(dtype="bfloat16", param_dtype="float32", remat=True)
   with c.unlocked():
     c.mesh.data, c.mesh.fsdp = 1, -1
   hf = dict(_tile_friendly_hf(), vocab_size=4096)
-  mesh = trainer.make_mesh(c.mesh, devices=plan.topology_devices("v5e:2x2"))
+  return c, hf, trainer.make_mesh(c.mesh, devices=plan.topology_devices("v5e:2x2"))
+
+
+def test_logprob_forward_keeps_rows_split_on_the_tpu_program():
+  """FSDP without activation constraints: GSPMD carried the weights' split of D into the activations, so every
+  chip computed the logits (and MLP intermediates) of ALL rows of the micro-batch; under the trainer's mesh
+  (rl.update.in_mesh -> models.transformer.split_rows) each chip holds only its own rows."""
+  c, hf, mesh = _bf16_fsdp_v5e_2x2()
   graphdef, params = plan.abstract_params(plan.trainer_model_config(hf, c.model), mesh)
   batch = plan.logp_batch(mesh, 16, 64, 192)     # 16 rows: 4 per chip
   split = plan.trainer_logp_fn(graphdef, c, mesh).lower(params, batch).compile()
@@ -238,12 +244,7 @@ def test_gathered_decode_has_no_per_step_allreduce_of_the_rows_on_the_tpu_progra
   before rollout.gather_weights): every layer of every step all-reduces partial sums of all 32 rows inside the
   while loop. Gathered (sampling.sampler._prefill_core replicates the compute-dtype weights once, the decode runs
   under the mesh): none; what crosses chips per step is the token embedding lookup and the loop's exit test."""
-  pytest.importorskip("libtpu", reason="libtpu not installed: cannot compile for TPU topologies")
-  c = _config(dtype="bfloat16", param_dtype="float32", remat=True)
-  with c.unlocked():
-    c.mesh.data, c.mesh.fsdp = 1, -1
-  hf = dict(_tile_friendly_hf(), vocab_size=4096)
-  mesh = trainer.make_mesh(c.mesh, devices=plan.topology_devices("v5e:2x2"))
+  c, hf, mesh = _bf16_fsdp_v5e_2x2()
   cfg = plan.trainer_model_config(hf, c.model)
   cfg = type(cfg)(**dict(cfg.__dict__, cache_dtype="bfloat16"))
   graphdef, params = plan.abstract_params(cfg, mesh)
