@@ -265,7 +265,9 @@ class Trainer:
                 "eval/runs": self.c.eval.runs, "eval/entropy": stats["nll"], "eval/response_length": stats["length"],
                 "eval/response_length_correct": stats["length_correct"], "time/eval": time.perf_counter() - t0,
                 "cpu/eval": time.process_time() - cpu0})
-    evaluation.append_counts(os.path.join(self.workdir, "eval_counts.jsonl"), step, [p.id for p in problems], correct)
+    if outputs.is_main():   # one writer: two processes replacing the file through the same .tmp name race
+      evaluation.append_counts(os.path.join(self.workdir, "eval_counts.jsonl"), step, [p.id for p in problems],
+                               correct)
     self.meta["evals"].append({"step": step, **{k: v for k, v in out.items() if not k.startswith(("time/", "cpu/"))}})
     outputs.write_samples(self.workdir, step, first, "eval")
     outputs.print_samples(first, self.c.log.samples_printed, step)

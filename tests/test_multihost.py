@@ -70,15 +70,25 @@ def _wait(procs, log_dir, timeout=1500):
 
 
 def _tail(log_dir):
+  """Each log's first Python traceback or fatal error (what made a process stop) and its last 15 lines."""
   out = []
   for name in sorted(os.listdir(log_dir)):
     with open(os.path.join(log_dir, name), errors="replace") as f:
-      out.append(f"--- {name}\n" + "".join(f.readlines()[-15:]))
+      lines = [l for l in f.readlines() if not l.startswith("[Gloo]")]
+    first = next((i for i, l in enumerate(lines) if l.startswith(("Traceback", "Fatal Python error", "F0", "E0"))),
+                 None)
+    cause = "".join(lines[first:first + 40]) if first is not None and first < len(lines) - 15 else ""
+    out.append(f"--- {name}\n" + (cause + "[...]\n" if cause else "") + "".join(lines[-15:]))
   return "\n".join(out)
 
 
 def _rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _counts(workdir):
+  with open(os.path.join(workdir, "eval_counts.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
@@ -119,7 +129,9 @@ def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
   with open(logs2 / "p0.log", errors="replace") as f:
     assert f"resumed from {mh_dir / 'checkpoints'}/{EVERY}" in f.read()
   _assert_same(_rows(str(mh_dir)), ref)
-  # only process 0 writes: one row per step (no duplicates from process 1), samples from the final evaluation
+  # only process 0 writes: one row per step (no duplicates from process 1), samples from the final evaluation,
+  # the final evaluation's per-problem counts (both processes once replaced it through the same .tmp name: a race)
   assert (mh_dir / "samples.jsonl").exists() and (mh_dir / "config.json").exists()
+  assert _counts(mh_dir) == _counts(ref_dir) and [r["step"] for r in _counts(ref_dir)] == [STEPS]
   cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
   print(f"CPU time of the 5 processes: {cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime:.0f} s")
