@@ -178,3 +178,16 @@ def test_update_applies_the_mismatch_correction_to_the_sampler_logprobs(tiny_tra
   assert float(mets["none"]["grad_norm"]) > 0 and float(mets["token"]["grad_norm"]) == 0.0
   for m in mets.values():   # the metrics are computed whatever the level
     assert float(m["is_ratio_mean"]) == pytest.approx(np.e, rel=1e-4) and float(m["is_clip_frac"]) == 1.0
+
+
+def test_only_process_0_writes_the_evaluation_files(tiny_trainer, monkeypatch):
+  """Every process evaluates (the sampler is a collective), only process 0 writes: a second writer of
+  eval_counts.jsonl replaced it through the same .tmp name as process 0 (a race that failed a 2-process run)."""
+  from rl import outputs
+  t = tiny_trainer
+  counts = os.path.join(t.workdir, "eval_counts.jsonl")
+  for main in (False, True):
+    monkeypatch.setattr(outputs, "is_main", lambda: main)
+    out = t.evaluate(t.state["params"], 0, outputs.MetricsWriter(t.workdir, 0, t.c))
+    assert 0.0 <= out["eval/pass@1"] <= 1.0
+    assert os.path.exists(counts) == main and os.path.exists(os.path.join(t.workdir, "samples.jsonl")) == main
