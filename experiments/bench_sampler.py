@@ -109,7 +109,8 @@ def warm_up_ours(split, prompts, G: int, N: int, chunk: int = 128):
   sample_args = (jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0), jnp.full((4,), -1, jnp.int32))
   static = dict(greedy=False, top_k=0, use_top_p=False, plain=True)
   A = S._slots(0, C, Nb)
-  shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None)
+  shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None,
+                                          gather=False)
   carry = dict(t=jnp.zeros((), jnp.int32), tok=tok, pos=pos, done=jnp.zeros((B,), bool),
                stopped=jnp.zeros((B,), bool))
   for t0 in range(0, N, C):
@@ -118,7 +119,7 @@ def warm_up_ours(split, prompts, G: int, N: int, chunk: int = 128):
       shared, resp, carry, keys = S._repack_jit(shared, resp, carry, keys, None, None, n_slots=A, mesh=None)
     carry = dict(carry, t=jnp.int32(t0))
     resp, carry, cols = S._chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(t0 + 1), *sample_args,
-                                     n_steps=C, mesh=None, **static)
+                                     n_steps=C, mesh=None, gather=False, **static)
   jax.block_until_ready(cols)
 
 
@@ -208,7 +209,8 @@ def step_profile(P: int, G: int, slots: list[int], dtype: str, cache_dtype: str 
   out = []
   for A in slots:
     n = min(steps, A)
-    shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None)
+    shared, resp, tok, pos = S._prefill_jit(graphdef, state, toks, mask, group_size=G, n_slots=A, mesh=None,
+                                            gather=False)
     best = 1e9
     for _ in range(2):
       carry = dict(t=jnp.int32(A - n), tok=tok, pos=pos + A - n, done=jnp.zeros((B,), bool),

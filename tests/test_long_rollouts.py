@@ -61,3 +61,27 @@ def test_compiled_decode_chunk_writes_the_f32_cache_in_place():
   copies = [ln for ln in lines if re.search(r"= f32\[[0-9,]+\]\{[0-9,]+\} copy\(", ln)]
   assert len(writes) >= 2 * cfg.num_layers, "\n".join(lines[:20])
   assert not copies, "\n".join(copies[:5])
+
+
+def test_bench_warm_up_builds_every_program_of_the_timed_call():
+  """experiments/bench_sampler.py keeps compilation out of its timed call by first running one step per decode
+  chunk (`warm_up_ours`): that must build the very programs `sampling.generate` runs. It once drifted (generate
+  passed a new static argument, the warm-up did not) and the timed call compiled 2 programs."""
+  import importlib.util
+  import os
+  import sampling
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "bench_sampler.py")
+  spec = importlib.util.spec_from_file_location("bench_sampler_under_test", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  cfg = models.DecoderConfig(vocab_size=40, hidden_size=24, intermediate_size=40, num_layers=1, num_heads=3,
+                             num_kv_heads=1, head_dim=8)   # shapes no other test compiles
+  split = nnx.split(models.Decoder(cfg, rngs=nnx.Rngs(0)))
+  prompts, G, N = [[1, 2, 3], [4, 5, 6, 7, 8]], 4, 300   # 3 chunks of 128 steps: two cache growths
+  c0 = S.num_compilations()
+  bench.warm_up_ours(split, prompts, G, N)
+  c1 = S.num_compilations()
+  out = sampling.generate(split, prompts, group_size=G, max_new_tokens=N, temperature=1.0, eos_ids=(),
+                          rng=jax.random.key(1))
+  assert out.tokens.shape == (len(prompts) * G, N)
+  assert c1 > c0 and S.num_compilations() == c1, (c0, c1, S.num_compilations())
