@@ -4,6 +4,8 @@ The sampling equivalences (chunked + compacted == single loop) are in test_sampl
 attention tests in test_models.py.
 """
 
+import importlib.util
+import os
 import re
 
 import jax
@@ -12,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 import models
+import sampling
 from sampling import sampler as S
 
 
@@ -67,9 +70,6 @@ def test_bench_warm_up_builds_every_program_of_the_timed_call():
   """experiments/bench_sampler.py keeps compilation out of its timed call by first running one step per decode
   chunk (`warm_up_ours`): that must build the very programs `sampling.generate` runs. It once drifted (generate
   passed a new static argument, the warm-up did not) and the timed call compiled 2 programs."""
-  import importlib.util
-  import os
-  import sampling
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "bench_sampler.py")
   spec = importlib.util.spec_from_file_location("bench_sampler_under_test", path)
   bench = importlib.util.module_from_spec(spec)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from rl import algorithms, config, rollout, trainer, update
+from rl import algorithms, config, outputs, rollout, trainer, update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["grpo", "dr_grpo", "psr", "nsr", "w_reinforce", "positive_only", "negative_only", "prorl", "dash",
@@ -183,7 +183,6 @@ def test_update_applies_the_mismatch_correction_to_the_sampler_logprobs(tiny_tra
 def test_only_process_0_writes_the_evaluation_files(tiny_trainer, monkeypatch):
   """Every process evaluates (the sampler is a collective), only process 0 writes: a second writer of
   eval_counts.jsonl replaced it through the same .tmp name as process 0 (a race that failed a 2-process run)."""
-  from rl import outputs
   t = tiny_trainer
   counts = os.path.join(t.workdir, "eval_counts.jsonl")
   for main in (False, True):
