@@ -116,7 +116,7 @@ def warm_up_ours(split, prompts, G: int, N: int, chunk: int = 128):
   for t0 in range(0, N, C):
     if S._slots(t0, C, Nb) > A:
       A = S._slots(t0, C, Nb)
-      shared, resp, carry, keys = S._repack_jit(shared, resp, carry, keys, None, None, n_slots=A, mesh=None)
+      shared, resp, carry, keys = S._repack(shared, resp, carry, keys, None, None, n_slots=A, mesh=None)
     carry = dict(carry, t=jnp.int32(t0))
     resp, carry, cols = S._chunk_jit(graphdef, state, shared, resp, carry, keys, jnp.int32(t0 + 1), *sample_args,
                                      n_steps=C, mesh=None, gather=False, **static)
