@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from rl import evaluation
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 6, 2
 ARGS = ["--config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), f"--config.total_steps={STEPS}",
@@ -87,11 +89,6 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
-def _counts(workdir):
-  with open(os.path.join(workdir, "eval_counts.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def _assert_same(rows, ref):
   assert [r["step"] for r in rows] == [r["step"] for r in ref] == list(range(1, STEPS + 1))
   for r, q in zip(rows, ref):
@@ -132,6 +129,7 @@ def test_two_processes_match_one_process_with_kill_and_resume(tmp_path):
   # only process 0 writes: one row per step (no duplicates from process 1), samples from the final evaluation,
   # the final evaluation's per-problem counts (both processes once replaced it through the same .tmp name: a race)
   assert (mh_dir / "samples.jsonl").exists() and (mh_dir / "config.json").exists()
-  assert _counts(mh_dir) == _counts(ref_dir) and [r["step"] for r in _counts(ref_dir)] == [STEPS]
+  counts = [evaluation.read_counts(str(d / "eval_counts.jsonl")) for d in (mh_dir, ref_dir)]
+  assert counts[0] == counts[1] and [r["step"] for r in counts[1]] == [STEPS]
   cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
   print(f"CPU time of the 5 processes: {cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime:.0f} s")
